@@ -1,0 +1,65 @@
+# Thin wrapper over CMake/Ninja; see README.md for the two commands that matter.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+CMAKE_FLAGS ?=
+DEMO_ARGS ?=
+NODE_TEST_FLAGS ?= --test-concurrency=1
+
+.PHONY: all build deps demo test test-unit test-e2e test-asan format format-check bench bench-http fuzz clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DTR_WERROR=ON $(CMAKE_FLAGS)
+
+build: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+demo: deps build
+	@scripts/demo.sh $(DEMO_ARGS)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	@clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h') && echo "format: ok"
+
+test-unit: build
+	ctest --test-dir $(BUILD) --output-on-failure -j2
+
+test-e2e: build
+	cd tests/e2e && TRELLIS_BIN=$(CURDIR)/$(BUILD)/trellis node --test $(NODE_TEST_FLAGS) *.test.mjs
+
+$(ASAN_BUILD)/build.ninja:
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DTR_WERROR=ON -DTR_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+
+test-asan: $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j2
+	cd tests/e2e && TRELLIS_SANITIZED=1 TRELLIS_BIN=$(CURDIR)/$(ASAN_BUILD)/trellis \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  node --test $(NODE_TEST_FLAGS) *.test.mjs
+
+test: deps format-check
+	$(MAKE) test-unit test-e2e test-asan
+
+bench: bench-http
+
+bench-http: deps build
+	bench/http.sh
+
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -G Ninja -DTR_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

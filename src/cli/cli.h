@@ -1,0 +1,24 @@
+/* Shared pieces of the trellis command line: sub-command table and option helpers. */
+#ifndef TR_CLI_CLI_H
+#define TR_CLI_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum { TR_EXIT_OK = 0, TR_EXIT_FAIL = 1, TR_EXIT_USAGE = 2 };
+
+/* Each sub-command: `argv[0]` is the command name; returns an exit code. */
+int tr_cmd_echo(int argc, char **argv);
+int tr_cmd_version(int argc, char **argv);
+
+/* Option value helpers: on bad input they print "trellis CMD: --OPT: …" and return false. */
+bool tr_cli_duration(const char *cmd, const char *opt, const char *val, uint64_t *ms);
+bool tr_cli_size(const char *cmd, const char *opt, const char *val, uint64_t *bytes);
+bool tr_cli_int(const char *cmd, const char *opt, const char *val, long min, long max, long *out);
+/* Prints "trellis CMD: MSG\nTry 'trellis CMD --help'." and returns TR_EXIT_USAGE. */
+int tr_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sets up logging from --log-level / --log-format values (NULL → defaults). */
+bool tr_cli_log_init(const char *cmd, const char *level, const char *format, const char *service);
+
+#endif

@@ -1,0 +1,51 @@
+/* The trellis command: dispatches to a sub-command. */
+#include "cli/cli.h"
+
+#include <string.h>
+
+typedef struct command_s {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command_t;
+
+static const command_t commands[] = {
+    {"echo", tr_cmd_echo, "run an httpbin-like HTTP service (tests, benchmarks, demos)"},
+    {"version", tr_cmd_version, "print the version"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: trellis <command> [options]\n\n"
+                 "trellis is a microservices platform in one binary.\n\nCommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nRun 'trellis <command> --help' for a command's options.\n"
+                 "Example: trellis echo --listen 127.0.0.1:8090\n");
+}
+
+int tr_cmd_version(int argc, char **argv)
+{
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("Usage: trellis version\n\nPrints the trellis version.\n\nExample: trellis "
+               "version\n");
+        return TR_EXIT_OK;
+    }
+    printf("trellis %s\n", TR_VERSION);
+    return TR_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? TR_EXIT_USAGE : TR_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) return tr_cmd_version(1, argv + 1);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "trellis: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return TR_EXIT_USAGE;
+}

@@ -1,0 +1,1134 @@
+/* HTTP/1.1 server connections: parsing, limits, deadlines, pipelining and output. */
+#include "trellis/http.h"
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/httpdate.h"
+#include "core/mem.h"
+#include "core/problem.h"
+#include "trellis/error.h"
+#include "trellis/net.h"
+
+#include <http_parser.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define REQ_STORAGE 4096
+#define OUT_HIGH_WATER (64 * 1024)
+#define LINGER_MS 2000
+#define POOL_MAX 256
+
+enum deadline_kind { DL_NONE, DL_HEADER, DL_IDLE, DL_BODY, DL_SEND, DL_LINGER };
+enum last_cb { CB_NONE, CB_FIELD, CB_VALUE };
+
+typedef struct conn_s conn_t;
+
+typedef struct req_s {
+    tr_http_req_t pub;
+    conn_t *conn;
+    struct req_s *next_free;
+    tr_arena_t arena;
+    tr_http_header_t *hdrs;
+    uint32_t hdrs_cap;
+    uint32_t field_len, value_len;
+    char *field, *value, *url;
+    uint8_t last_cb;
+    size_t header_bytes;
+    uint64_t body_bytes;
+    /* a protocol error found in a parser callback, answered once execute returns */
+    int fail_status;
+    const char *fail_slug, *fail_title, *fail_detail;
+    /* response */
+    tr_http_header_t *res_hdrs;
+    uint32_t nres, res_cap;
+    uint64_t res_length;
+    bool headers_done, msg_complete, res_started, res_done, res_chunked, res_length_known;
+    bool body_paused, want_body, te_seen, cl_seen, host_seen, folded;
+    char storage[REQ_STORAGE];
+} req_t;
+
+struct conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    http_parser parser;
+    tr_http_server_t *srv;
+    conn_t *prev, *next;
+    req_t *req;
+    char *rbuf;
+    uint32_t rpos, rlen;
+    tr_buf_t out;      /* output being assembled */
+    tr_buf_t inflight; /* output handed to uv_write */
+    uv_write_t *wreq;
+    const char *seg_start; /* the bytes the parser is being fed, for obs-fold detection */
+    uint64_t deadline;
+    uint8_t deadline_kind;
+    uint8_t handles_open;
+    bool processing, read_stopped, eof, closing, close_after, lingering, dirty, timer_armed;
+    bool tail_lf_ws, any_bytes, want_drain;
+    char prev_byte;
+};
+
+struct tr_http_server_s {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    tr_http_server_options_t opts;
+    conn_t *conns;
+    size_t nconns;
+    conn_t *free_conns;
+    req_t *free_reqs;
+    char **free_rbufs;
+    size_t nfree_rbufs, nfree_conns, nfree_reqs;
+    size_t handles_open;
+    bool closing, force;
+    void (*done)(void *data);
+    void *done_data;
+};
+
+static http_parser_settings settings;
+
+static void conn_process(conn_t *c);
+static void conn_flush(conn_t *c);
+static void conn_close(conn_t *c);
+static void conn_after_write(conn_t *c);
+static void req_finish(req_t *r);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void resume_reading(conn_t *c);
+
+/* ---- pools: connections, requests and read buffers are reused, never freed per request */
+
+static char *rbuf_get(tr_http_server_t *s)
+{
+    if (s->nfree_rbufs) return s->free_rbufs[--s->nfree_rbufs];
+    return tr_malloc(s->opts.read_buffer_bytes);
+}
+
+static void rbuf_put(tr_http_server_t *s, char *buf)
+{
+    if (s->nfree_rbufs < POOL_MAX) {
+        s->free_rbufs[s->nfree_rbufs++] = buf;
+        return;
+    }
+    free(buf);
+}
+
+static req_t *req_get(conn_t *c)
+{
+    tr_http_server_t *s = c->srv;
+    req_t *r = s->free_reqs;
+    if (r) {
+        s->free_reqs = r->next_free;
+        s->nfree_reqs--;
+    } else {
+        r = tr_malloc(sizeof(*r));
+    }
+    memset(r, 0, offsetof(req_t, storage));
+    tr_arena_init(&r->arena, r->storage, sizeof(r->storage));
+    r->conn = c;
+    r->pub.content_length = -1;
+    r->pub.loop = s->loop;
+    r->pub.query = "";
+    return r;
+}
+
+static void req_put(tr_http_server_t *s, req_t *r)
+{
+    tr_arena_reset(&r->arena);
+    if (s->nfree_reqs < POOL_MAX) {
+        r->next_free = s->free_reqs;
+        s->free_reqs = r;
+        s->nfree_reqs++;
+        return;
+    }
+    free(r);
+}
+
+/* ---- deadlines: one timer per connection, re-armed lazily when it fires early */
+
+static void on_timer(uv_timer_t *t);
+
+static void set_deadline(conn_t *c, enum deadline_kind kind, uint64_t ms)
+{
+    c->deadline_kind = (uint8_t)kind;
+    if (kind == DL_NONE || ms == 0) {
+        c->deadline_kind = DL_NONE;
+        return;
+    }
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t due = now + ms;
+    bool later = c->timer_armed && due >= c->deadline;
+    c->deadline = due;
+    if (later) return; /* the armed timer fires first and re-arms for the rest */
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+    c->timer_armed = true;
+}
+
+/* ---- output */
+
+static void out_reserve_status(conn_t *c, int status)
+{
+    const char *reason = http_status_str((enum http_status)status);
+    if (!strcmp(reason, "<unknown>")) reason = "Status";
+    tr_buf_t *o = &c->out;
+    tr_buf_append(o, "HTTP/1.1 ", 9);
+    tr_buf_append_u64(o, (unsigned)status);
+    tr_buf_append(o, " ", 1);
+    tr_buf_append_str(o, reason);
+    tr_buf_append(o, "\r\n", 2);
+}
+
+static void mark_dirty(conn_t *c)
+{
+    if (c->processing) {
+        c->dirty = true;
+        return;
+    }
+    conn_flush(c);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    conn_t *c = w->data;
+    free(c->wreq);
+    c->wreq = NULL;
+    tr_buf_reset(&c->inflight);
+    if (status < 0 || c->closing) {
+        conn_close(c);
+        return;
+    }
+    if (c->deadline_kind == DL_SEND)
+        set_deadline(c, c->req ? DL_NONE : DL_IDLE, c->srv->opts.idle_timeout_ms);
+    if (c->out.len) {
+        conn_flush(c);
+        return;
+    }
+    conn_after_write(c);
+}
+
+/* Everything queued goes out in one write; only a full socket buffer takes the slow path. */
+static void conn_flush(conn_t *c)
+{
+    c->dirty = false;
+    if (c->closing || c->wreq || c->out.len == 0) return;
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)c->out.len) {
+        tr_buf_reset(&c->out);
+        conn_after_write(c);
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    size_t done = n > 0 ? (size_t)n : 0;
+    /* Swap buffers so new output can queue while the kernel drains the rest. */
+    tr_buf_t tmp = c->inflight;
+    c->inflight = c->out;
+    c->out = tmp;
+    tr_buf_reset(&c->out);
+    c->wreq = tr_malloc(sizeof(*c->wreq));
+    c->wreq->data = c;
+    b = uv_buf_init(c->inflight.data + done, (unsigned)(c->inflight.len - done));
+    if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        free(c->wreq);
+        c->wreq = NULL;
+        conn_close(c);
+        return;
+    }
+    set_deadline(c, DL_SEND, c->srv->opts.send_timeout_ms);
+}
+
+static void on_shutdown(uv_shutdown_t *sr, int status)
+{
+    conn_t *c = sr->data;
+    free(sr);
+    if (status < 0 || c->closing) {
+        conn_close(c);
+        return;
+    }
+    /* Keep reading (and discarding) so an unread request body can't turn our close into an
+     * RST that destroys the response before the client reads it. */
+    c->lingering = true;
+    set_deadline(c, DL_LINGER, LINGER_MS);
+    resume_reading(c);
+}
+
+static void conn_shutdown(conn_t *c)
+{
+    uv_shutdown_t *sr = tr_malloc(sizeof(*sr));
+    sr->data = c;
+    if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(sr);
+        conn_close(c);
+    }
+}
+
+/* Called whenever the output queue is empty. */
+static void conn_after_write(conn_t *c)
+{
+    if (c->closing) return;
+    if (c->close_after && (!c->req || c->req->res_done)) {
+        if (c->eof) conn_close(c);
+        else if (!c->lingering) conn_shutdown(c);
+        return;
+    }
+    if (c->want_drain && c->req && c->req->pub.on_drain) {
+        c->want_drain = false;
+        c->req->pub.on_drain(&c->req->pub);
+    }
+}
+
+/* ---- connection lifecycle */
+
+static void server_maybe_done(tr_http_server_t *s)
+{
+    if (!s->closing || s->handles_open) return;
+    void (*done)(void *) = s->done;
+    void *data = s->done_data;
+    while (s->free_conns) {
+        conn_t *c = s->free_conns;
+        s->free_conns = c->next;
+        free(c);
+    }
+    while (s->free_reqs) {
+        req_t *r = s->free_reqs;
+        s->free_reqs = r->next_free;
+        free(r);
+    }
+    while (s->nfree_rbufs) free(s->free_rbufs[--s->nfree_rbufs]);
+    free(s->free_rbufs);
+    free(s);
+    if (done) done(data);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    if (--c->handles_open) return;
+    tr_http_server_t *s = c->srv;
+    tr_buf_free(&c->out);
+    tr_buf_free(&c->inflight);
+    if (s->nfree_conns < POOL_MAX && !s->closing) {
+        c->next = s->free_conns;
+        s->free_conns = c;
+        s->nfree_conns++;
+    } else {
+        free(c);
+    }
+    s->handles_open--;
+    server_maybe_done(s);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = true;
+    tr_http_server_t *s = c->srv;
+    req_t *r = c->req;
+    c->req = NULL;
+    if (r) {
+        if (!r->res_done && r->pub.on_abort) r->pub.on_abort(&r->pub);
+        req_put(s, r);
+    }
+    if (c->rbuf) {
+        rbuf_put(s, c->rbuf);
+        c->rbuf = NULL;
+    }
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->nconns--;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+/* Answers a protocol error with problem+json and closes the connection after it. */
+static void conn_fail(conn_t *c, int status, const char *slug, const char *title,
+                      const char *detail)
+{
+    if (c->req && c->req->res_started) {
+        /* Part of a response is out already; nothing valid can follow it. */
+        conn_close(c);
+        return;
+    }
+    tr_buf_t body = TR_BUF_INIT;
+    tr_problem_render(&body, status, slug, title, detail);
+    out_reserve_status(c, status);
+    tr_buf_append_str(&c->out, tr_httpdate_header());
+    tr_buf_printf(&c->out,
+                  "Content-Type: " TR_PROBLEM_CONTENT_TYPE "\r\nContent-Length: %zu\r\n"
+                  "Connection: close\r\n\r\n",
+                  body.len);
+    tr_buf_append(&c->out, body.data, body.len);
+    tr_buf_free(&body);
+    if (c->req) {
+        req_t *r = c->req;
+        c->req = NULL;
+        if (r->pub.on_abort && !r->res_done) r->pub.on_abort(&r->pub);
+        req_put(c->srv, r);
+    }
+    c->close_after = true;
+    c->rpos = c->rlen = 0;
+    mark_dirty(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    c->timer_armed = false;
+    if (c->deadline_kind == DL_NONE || c->closing) return;
+    uint64_t now = uv_now(c->srv->loop);
+    if (now < c->deadline) {
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        c->timer_armed = true;
+        return;
+    }
+    switch (c->deadline_kind) {
+    case DL_HEADER:
+        if (c->any_bytes) {
+            conn_fail(c, 408, "request-timeout", "Request Timeout",
+                      "the request headers did not arrive within the header timeout");
+            return;
+        }
+        conn_close(c);
+        return;
+    case DL_BODY:
+        conn_fail(c, 408, "request-timeout", "Request Timeout",
+                  "the request body stalled for longer than the body timeout");
+        return;
+    default:
+        conn_close(c);
+        return;
+    }
+}
+
+/* ---- request parsing callbacks */
+
+static req_t *cur(http_parser *p)
+{
+    return ((conn_t *)p->data)->req;
+}
+
+static int fail_cb(req_t *r, int status, const char *slug, const char *title,
+                   const char *detail)
+{
+    r->fail_status = status;
+    r->fail_slug = slug;
+    r->fail_title = title;
+    r->fail_detail = detail;
+    return -1;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    conn_t *c = p->data;
+    c->req = req_get(c);
+    set_deadline(c, DL_HEADER, c->srv->opts.header_timeout_ms);
+    return 0;
+}
+
+/* Appends a piece to an arena string that may arrive split across reads. */
+static char *append_piece(req_t *r, char *s, uint32_t *len, const char *at, size_t n)
+{
+    s = tr_arena_grow(&r->arena, s, s ? *len + 1 : 0, *len + n + 1);
+    memcpy(s + *len, at, n);
+    *len += (uint32_t)n;
+    s[*len] = '\0';
+    return s;
+}
+
+static int check_header_bytes(req_t *r, size_t n)
+{
+    r->header_bytes += n;
+    if (r->header_bytes > r->conn->srv->opts.max_header_bytes)
+        return fail_cb(r, 431, "header-too-large", "Request Header Fields Too Large",
+                       "the request line and headers exceed the server's limit");
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    req_t *r = cur(p);
+    if (r->pub.url_len + n > r->conn->srv->opts.max_uri_bytes)
+        return fail_cb(r, 414, "uri-too-long", "URI Too Long",
+                       "the request target exceeds the server's limit");
+    if (check_header_bytes(r, n)) return -1;
+    r->url = append_piece(r, r->url, &r->pub.url_len, at, n);
+    return 0;
+}
+
+/* obs-fold (a header line starting with SP/HT) is rejected per RFC 9112 §5.2. */
+static bool follows_line_fold(conn_t *c, const char *at)
+{
+    const char *p = at;
+    while (p > c->seg_start && (p[-1] == ' ' || p[-1] == '\t')) p--;
+    if (p > c->seg_start) return p[-1] == '\n' && p != at;
+    return c->tail_lf_ws;
+}
+
+static void header_commit(req_t *r)
+{
+    if (r->pub.nheaders == r->hdrs_cap) {
+        uint32_t cap = r->hdrs_cap ? r->hdrs_cap * 2 : 16;
+        r->hdrs = tr_arena_grow(&r->arena, r->hdrs, r->hdrs_cap * sizeof(*r->hdrs),
+                                cap * sizeof(*r->hdrs));
+        r->hdrs_cap = cap;
+    }
+    tr_http_header_t *h = &r->hdrs[r->pub.nheaders++];
+    h->name = r->field;
+    h->name_len = r->field_len;
+    h->value = r->value ? r->value : "";
+    h->value_len = r->value_len;
+    /* Trailing whitespace is not part of a field value (RFC 9110 §5.5). */
+    while (h->value_len && (h->value[h->value_len - 1] == ' ' || h->value[h->value_len - 1] == '\t'))
+        r->value[--h->value_len] = '\0';
+    r->field = r->value = NULL;
+    r->field_len = r->value_len = 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    req_t *r = cur(p);
+    conn_t *c = r->conn;
+    if (check_header_bytes(r, n + 4)) return -1;
+    /* A field right after a line break is a new one, even when the last had no value. */
+    bool line_start = at > c->seg_start ? at[-1] == '\n' : c->prev_byte == '\n';
+    if (r->last_cb == CB_VALUE || (r->last_cb == CB_FIELD && line_start)) header_commit(r);
+    if (r->field == NULL && r->pub.nheaders >= r->conn->srv->opts.max_headers)
+        return fail_cb(r, 431, "too-many-headers", "Request Header Fields Too Large",
+                       "the request has more header fields than the server allows");
+    r->field = append_piece(r, r->field, &r->field_len, at, n);
+    r->last_cb = CB_FIELD;
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    req_t *r = cur(p);
+    if (check_header_bytes(r, n)) return -1;
+    if (follows_line_fold(r->conn, at) || memchr(at, '\n', n) || memchr(at, '\r', n))
+        return fail_cb(r, 400, "obs-fold", "Bad Request",
+                       "header values folded over several lines (obs-fold) are not accepted");
+    r->value = append_piece(r, r->value, &r->value_len, at, n);
+    r->last_cb = CB_VALUE;
+    return 0;
+}
+
+static bool name_is(const tr_http_header_t *h, const char *name, size_t len)
+{
+    return h->name_len == len && !strncasecmp(h->name, name, len);
+}
+
+/* Header checks that defend against request smuggling and ambiguous framing. */
+static int check_framing(req_t *r)
+{
+    bool te = false, host = false;
+    const char *cl = NULL;
+    for (size_t i = 0; i < r->pub.nheaders; i++) {
+        const tr_http_header_t *h = &r->hdrs[i];
+        if (name_is(h, "content-length", 14)) {
+            if (cl && strcmp(cl, h->value))
+                return fail_cb(r, 400, "conflicting-content-length", "Bad Request",
+                               "the request has Content-Length headers with different values");
+            cl = h->value;
+        } else if (name_is(h, "transfer-encoding", 17)) {
+            if (te || strcasecmp(h->value, "chunked"))
+                return fail_cb(r, 501, "unsupported-transfer-encoding", "Not Implemented",
+                               "only 'Transfer-Encoding: chunked' is supported");
+            te = true;
+        } else if (name_is(h, "host", 4)) {
+            if (host)
+                return fail_cb(r, 400, "duplicate-host", "Bad Request",
+                               "the request has more than one Host header");
+            host = true;
+        } else if (name_is(h, "expect", 6)) {
+            r->pub.expect_continue = !strcasecmp(h->value, "100-continue");
+        }
+    }
+    if (te && cl)
+        return fail_cb(r, 400, "content-length-with-transfer-encoding", "Bad Request",
+                       "a request must not carry both Content-Length and Transfer-Encoding");
+    if (!host && r->pub.http_major == 1 && r->pub.http_minor >= 1)
+        return fail_cb(r, 400, "missing-host", "Bad Request",
+                       "HTTP/1.1 requests must carry a Host header");
+    return 0;
+}
+
+static void split_target(req_t *r)
+{
+    r->pub.url = r->url ? r->url : "";
+    const char *q = memchr(r->pub.url, '?', r->pub.url_len);
+    if (!q) {
+        r->pub.path = r->pub.url;
+        r->pub.path_len = r->pub.url_len;
+        return;
+    }
+    r->pub.path_len = (uint32_t)(q - r->pub.url);
+    r->pub.path = tr_arena_strndup(&r->arena, r->pub.url, r->pub.path_len);
+    r->pub.query = q + 1;
+    r->pub.query_len = r->pub.url_len - r->pub.path_len - 1;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    req_t *r = cur(p);
+    conn_t *c = r->conn;
+    if (r->last_cb == CB_VALUE || r->last_cb == CB_FIELD) header_commit(r);
+    r->headers_done = true;
+    r->pub.headers = r->hdrs;
+    r->pub.http_major = (unsigned char)p->http_major;
+    r->pub.http_minor = (unsigned char)p->http_minor;
+    r->pub.method_id = (unsigned char)p->method;
+    r->pub.method = http_method_str((enum http_method)p->method);
+    r->pub.head = p->method == HTTP_HEAD;
+    r->pub.chunked = (p->flags & F_CHUNKED) != 0;
+    if (p->flags & F_CONTENTLENGTH) r->pub.content_length = (int64_t)p->content_length;
+    if (check_framing(r)) return -1;
+    split_target(r);
+    r->want_body = r->pub.chunked || r->pub.content_length > 0;
+    if (r->pub.content_length > 0 &&
+        (uint64_t)r->pub.content_length > c->srv->opts.max_body_bytes) {
+        return fail_cb(r, 413, "body-too-large", "Content Too Large",
+                       "the request body is larger than the server accepts");
+    }
+    if (!http_should_keep_alive(p)) c->close_after = true;
+    set_deadline(c, r->want_body ? DL_BODY : DL_NONE, c->srv->opts.body_timeout_ms);
+    c->srv->opts.handler(&r->pub, c->srv->opts.handler_data);
+    if (c->closing) return -1; /* the handler dropped the connection: stop parsing */
+    if (c->req != r) return 0;
+    if (r->want_body && r->pub.expect_continue && !r->res_started) {
+        tr_buf_append_str(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+        mark_dirty(c);
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    req_t *r = cur(p);
+    conn_t *c = r->conn;
+    r->body_bytes += n;
+    if (r->body_bytes > c->srv->opts.max_body_bytes)
+        return fail_cb(r, 413, "body-too-large", "Content Too Large",
+                       "the request body is larger than the server accepts");
+    if (c->deadline_kind == DL_BODY) set_deadline(c, DL_BODY, c->srv->opts.body_timeout_ms);
+    if (r->pub.on_body) r->pub.on_body(&r->pub, at, n);
+    return c->closing ? -1 : 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    conn_t *c = p->data;
+    req_t *r = c->req;
+    r->msg_complete = true;
+    if (c->deadline_kind == DL_BODY) c->deadline_kind = DL_NONE;
+    if (r->pub.on_end) r->pub.on_end(&r->pub);
+    if (c->closing) return -1;
+    if (c->req == r && r->res_done) req_finish(r);
+    /* One message per execute call keeps responses in request order. */
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+/* ---- request completion */
+
+static void req_finish(req_t *r)
+{
+    conn_t *c = r->conn;
+    c->req = NULL;
+    req_put(c->srv, r);
+    if (c->close_after) {
+        c->rpos = c->rlen = 0;
+        mark_dirty(c);
+        return;
+    }
+    if (c->eof && c->rpos == c->rlen) {
+        c->close_after = true;
+        mark_dirty(c);
+        return;
+    }
+    set_deadline(c, DL_IDLE, c->srv->opts.idle_timeout_ms);
+    if (!c->processing) {
+        conn_process(c);
+        conn_flush(c);
+    }
+}
+
+/* ---- reading */
+
+static void release_rbuf_if_idle(conn_t *c)
+{
+    if (c->rbuf && !c->req && c->rpos == c->rlen) {
+        rbuf_put(c->srv, c->rbuf);
+        c->rbuf = NULL;
+        c->rpos = c->rlen = 0;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    if (!c->rbuf) c->rbuf = rbuf_get(c->srv);
+    if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
+    size_t cap = c->srv->opts.read_buffer_bytes;
+    if (c->rlen == cap && c->rpos > 0) {
+        memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+        c->rlen -= c->rpos;
+        c->rpos = 0;
+    }
+    *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(cap - c->rlen));
+}
+
+static void parse_error(conn_t *c, enum http_errno e)
+{
+    req_t *r = c->req;
+    if (r && r->fail_status) {
+        conn_fail(c, r->fail_status, r->fail_slug, r->fail_title, r->fail_detail);
+        return;
+    }
+    char detail[160];
+    snprintf(detail, sizeof(detail), "the request is not valid HTTP/1.1: %s",
+             http_errno_description(e));
+    conn_fail(c, 400, "malformed-request", "Bad Request", detail);
+}
+
+static bool tail_is_lf_ws(const char *start, const char *end)
+{
+    const char *p = end;
+    while (p > start && (p[-1] == ' ' || p[-1] == '\t')) p--;
+    return p > start && p[-1] == '\n';
+}
+
+/* Parses buffered input, one message at a time, until it runs out or must wait. */
+static void conn_process(conn_t *c)
+{
+    c->processing = true;
+    while (!c->closing && !c->close_after && c->rpos < c->rlen) {
+        req_t *r = c->req;
+        if (r && (r->msg_complete || r->body_paused)) break;
+        const char *seg = c->rbuf + c->rpos;
+        size_t avail = c->rlen - c->rpos;
+        c->seg_start = seg;
+        size_t n = http_parser_execute(&c->parser, &settings, seg, avail);
+        if (c->closing) break;
+        c->any_bytes = true;
+        c->rpos += (uint32_t)n;
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            continue;
+        }
+        if (e != HPE_OK) {
+            parse_error(c, e);
+            break;
+        }
+        if (c->parser.upgrade || n == 0) {
+            /* Protocol upgrades are not served here: answer, then close. */
+            c->close_after = true;
+            c->rpos = c->rlen;
+            break;
+        }
+        c->prev_byte = n ? seg[n - 1] : c->prev_byte;
+        c->tail_lf_ws = c->req && !c->req->headers_done && tail_is_lf_ws(seg, seg + n);
+    }
+    c->processing = false;
+    if (c->closing) return;
+    release_rbuf_if_idle(c);
+    if (c->eof && !c->req && c->rpos == c->rlen) {
+        /* The client half-closed and everything it asked is answered. */
+        c->close_after = true;
+        c->dirty = true;
+        return;
+    }
+    if (!c->req || !c->req->body_paused) resume_reading(c);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = st->data;
+    if (nread == 0) return;
+    if (nread == UV_ENOBUFS) {
+        /* The buffer is full of pipelined input we can't parse yet: stop reading. */
+        uv_read_stop(st);
+        c->read_stopped = true;
+        return;
+    }
+    if (nread < 0) {
+        c->eof = true;
+        uv_read_stop(st);
+        bool pending = c->req || c->rpos < c->rlen || c->wreq || c->out.len;
+        if (nread != UV_EOF || c->lingering || !pending || (c->req && !c->req->msg_complete)) {
+            conn_close(c);
+            return;
+        }
+        return; /* answer what was asked (conn_process closes when all is answered) */
+    }
+    if (c->lingering) {
+        c->rpos = c->rlen = 0;
+        return;
+    }
+    c->rlen += (uint32_t)nread;
+    conn_process(c);
+    if (c->dirty) conn_flush(c);
+}
+
+static void resume_reading(conn_t *c)
+{
+    if (c->read_stopped && !c->eof && !c->closing) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    }
+}
+
+/* ---- accepting */
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    tr_http_server_t *s = ls->data;
+    if (status < 0 || s->closing) return;
+    conn_t *c = s->free_conns;
+    if (c) {
+        s->free_conns = c->next;
+        s->nfree_conns--;
+    } else {
+        c = tr_malloc(sizeof(*c));
+    }
+    memset(c, 0, sizeof(*c));
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles_open = 2;
+    s->handles_open++;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    set_deadline(c, DL_HEADER, s->opts.header_timeout_ms);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* ---- public: server */
+
+static void fill_defaults(tr_http_server_options_t *o)
+{
+    if (!o->max_header_bytes) o->max_header_bytes = 16 * 1024;
+    if (!o->max_headers) o->max_headers = 100;
+    if (!o->max_uri_bytes) o->max_uri_bytes = 8 * 1024;
+    if (!o->max_body_bytes) o->max_body_bytes = 1024 * 1024;
+    if (!o->header_timeout_ms) o->header_timeout_ms = 10000;
+    if (!o->idle_timeout_ms) o->idle_timeout_ms = 60000;
+    if (!o->body_timeout_ms) o->body_timeout_ms = 60000;
+    if (!o->send_timeout_ms) o->send_timeout_ms = 60000;
+    if (!o->read_buffer_bytes) o->read_buffer_bytes = 16 * 1024;
+}
+
+static void init_settings(void)
+{
+    settings.on_message_begin = on_message_begin;
+    settings.on_url = on_url;
+    settings.on_header_field = on_header_field;
+    settings.on_header_value = on_header_value;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_body = on_body;
+    settings.on_message_complete = on_message_complete;
+}
+
+static void on_listener_closed(uv_handle_t *h);
+
+int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t *opts,
+                         tr_http_server_t **out)
+{
+    static uv_once_t once = UV_ONCE_INIT;
+    uv_once(&once, init_settings);
+    if (!opts->handler) return UV_EINVAL;
+    tr_http_server_t *s = tr_calloc(1, sizeof(*s));
+    s->loop = loop;
+    s->opts = *opts;
+    fill_defaults(&s->opts);
+    if (s->opts.max_header_bytes > 80 * 1024)
+        http_parser_set_max_header_size((uint32_t)s->opts.max_header_bytes);
+    s->free_rbufs = tr_calloc(POOL_MAX, sizeof(char *));
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    s->handles_open = 1;
+    int err = uv_tcp_open(&s->listener, fd);
+    if (!err) err = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
+    if (err) {
+        if (uv_fileno((uv_handle_t *)&s->listener, &(uv_os_fd_t){0}) < 0) close(fd);
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        return err;
+    }
+    *out = s;
+    return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    tr_http_server_t *s = h->data;
+    s->handles_open--;
+    server_maybe_done(s);
+}
+
+void tr_http_server_close(tr_http_server_t *s, bool force, void (*done)(void *data), void *data)
+{
+    if (!s->closing) {
+        s->closing = true;
+        s->done = done;
+        s->done_data = data;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    }
+    if (force) s->force = true;
+    conn_t *next;
+    for (conn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (force || (!c->req && !c->wreq && !c->out.len)) {
+            conn_close(c);
+        } else {
+            c->close_after = true;
+        }
+    }
+}
+
+size_t tr_http_server_connections(const tr_http_server_t *s)
+{
+    return s->nconns;
+}
+
+/* ---- public: request */
+
+static req_t *R(const tr_http_req_t *pub)
+{
+    return (req_t *)pub;
+}
+
+const char *tr_http_req_header(const tr_http_req_t *pub, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < pub->nheaders; i++)
+        if (name_is(&pub->headers[i], name, len)) return pub->headers[i].value;
+    return NULL;
+}
+
+void *tr_http_req_alloc(tr_http_req_t *pub, size_t n)
+{
+    return tr_arena_alloc(&R(pub)->arena, n);
+}
+
+void tr_http_req_pause(tr_http_req_t *pub)
+{
+    req_t *r = R(pub);
+    if (r->body_paused) return;
+    r->body_paused = true;
+    http_parser_pause(&r->conn->parser, 1);
+    uv_read_stop((uv_stream_t *)&r->conn->tcp);
+    r->conn->read_stopped = true;
+}
+
+void tr_http_req_resume(tr_http_req_t *pub)
+{
+    req_t *r = R(pub);
+    conn_t *c = r->conn;
+    if (!r->body_paused) return;
+    r->body_paused = false;
+    http_parser_pause(&c->parser, 0);
+    resume_reading(c);
+    if (!c->processing) {
+        conn_process(c);
+        if (c->dirty) conn_flush(c);
+    }
+}
+
+void tr_http_req_peer(const tr_http_req_t *pub, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    int n = sizeof(ss);
+    if (uv_tcp_getpeername(&R(pub)->conn->tcp, (struct sockaddr *)&ss, &n) == 0) {
+        tr_net_format_addr((struct sockaddr *)&ss, buf, len);
+        return;
+    }
+    snprintf(buf, len, "unknown");
+}
+
+/* ---- public: response */
+
+void tr_http_res_headern(tr_http_req_t *pub, const char *name, size_t name_len, const char *value,
+                         size_t value_len)
+{
+    req_t *r = R(pub);
+    if (r->res_started) return;
+    if (name_len == 14 && !strncasecmp(name, "content-length", 14)) {
+        r->res_length_known = true;
+        r->res_length = strtoull(value, NULL, 10);
+        return;
+    }
+    if (r->nres == r->res_cap) {
+        uint32_t cap = r->res_cap ? r->res_cap * 2 : 8;
+        r->res_hdrs = tr_arena_grow(&r->arena, r->res_hdrs, r->res_cap * sizeof(*r->res_hdrs),
+                                    cap * sizeof(*r->res_hdrs));
+        r->res_cap = cap;
+    }
+    tr_http_header_t *h = &r->res_hdrs[r->nres++];
+    h->name = tr_arena_strndup(&r->arena, name, name_len);
+    h->value = tr_arena_strndup(&r->arena, value, value_len);
+    h->name_len = (uint32_t)name_len;
+    h->value_len = (uint32_t)value_len;
+}
+
+void tr_http_res_header(tr_http_req_t *pub, const char *name, const char *value)
+{
+    tr_http_res_headern(pub, name, strlen(name), value, strlen(value));
+}
+
+void tr_http_res_close(tr_http_req_t *pub)
+{
+    R(pub)->conn->close_after = true;
+}
+
+void tr_http_res_abort(tr_http_req_t *pub)
+{
+    req_t *r = R(pub);
+    r->res_done = true; /* the handler asked for it: no on_abort back to it */
+    conn_close(r->conn);
+}
+
+bool tr_http_res_started(const tr_http_req_t *pub)
+{
+    return R(pub)->res_started;
+}
+
+static bool status_has_body(int status)
+{
+    return !(status < 200 || status == 204 || status == 304);
+}
+
+static void write_head(req_t *r, int status, const char *content_type)
+{
+    conn_t *c = r->conn;
+    tr_buf_t *o = &c->out;
+    r->res_started = true;
+    /* A final answer before an expected body: the client may never send it, so close. */
+    if (r->want_body && r->pub.expect_continue && !r->msg_complete) c->close_after = true;
+    out_reserve_status(c, status);
+    tr_buf_append_str(o, tr_httpdate_header());
+    if (content_type) {
+        tr_buf_append(o, "Content-Type: ", 14);
+        tr_buf_append_str(o, content_type);
+        tr_buf_append(o, "\r\n", 2);
+    }
+    if (status_has_body(status)) {
+        if (r->res_length_known) {
+            tr_buf_append(o, "Content-Length: ", 16);
+            tr_buf_append_u64(o, r->res_length);
+            tr_buf_append(o, "\r\n", 2);
+        } else if (r->pub.http_minor >= 1 && r->pub.http_major == 1) {
+            r->res_chunked = true;
+            tr_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
+        } else {
+            c->close_after = true; /* HTTP/1.0 without length: the close delimits the body */
+        }
+    }
+    /* Unread request body can't be skipped safely unless the parser gets to read it. */
+    if (c->close_after) tr_buf_append(o, "Connection: close\r\n", 19);
+    else if (r->pub.http_minor == 0) tr_buf_append(o, "Connection: keep-alive\r\n", 24);
+    for (uint32_t i = 0; i < r->nres; i++) {
+        tr_http_header_t *h = &r->res_hdrs[i];
+        tr_buf_reserve(o, h->name_len + h->value_len + 4);
+        memcpy(o->data + o->len, h->name, h->name_len);
+        o->len += h->name_len;
+        o->data[o->len++] = ':';
+        o->data[o->len++] = ' ';
+        memcpy(o->data + o->len, h->value, h->value_len);
+        o->len += h->value_len;
+        o->data[o->len++] = '\r';
+        o->data[o->len++] = '\n';
+    }
+    tr_buf_append(o, "\r\n", 2);
+}
+
+static void res_complete(req_t *r)
+{
+    conn_t *c = r->conn;
+    r->res_done = true;
+    if (!r->msg_complete && r->want_body && r->pub.expect_continue) c->close_after = true;
+    mark_dirty(c);
+    if (r->msg_complete) req_finish(r);
+}
+
+void tr_http_res_send(tr_http_req_t *pub, int status, const char *content_type, const void *body,
+                      size_t len)
+{
+    req_t *r = R(pub);
+    if (r->res_started) return;
+    r->res_length_known = true;
+    r->res_length = len;
+    write_head(r, status, content_type);
+    if (!pub->head && status_has_body(status)) tr_buf_append(&r->conn->out, body, len);
+    res_complete(r);
+}
+
+void tr_http_res_start(tr_http_req_t *pub, int status)
+{
+    req_t *r = R(pub);
+    if (r->res_started) return;
+    write_head(r, status, NULL);
+    if (pub->head || !status_has_body(status)) r->res_chunked = false;
+    mark_dirty(r->conn);
+}
+
+bool tr_http_res_write(tr_http_req_t *pub, const void *data, size_t len)
+{
+    req_t *r = R(pub);
+    conn_t *c = r->conn;
+    if (!r->res_started) tr_http_res_start(pub, 200);
+    if (r->res_done || len == 0 || pub->head) return true;
+    tr_buf_t *o = &c->out;
+    if (r->res_chunked) {
+        char size[20];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        tr_buf_append(o, size, (size_t)n);
+        tr_buf_append(o, data, len);
+        tr_buf_append(o, "\r\n", 2);
+    } else {
+        tr_buf_append(o, data, len);
+    }
+    mark_dirty(c);
+    if (c->out.len + c->inflight.len < OUT_HIGH_WATER) return true;
+    c->want_drain = true;
+    return false;
+}
+
+void tr_http_res_end(tr_http_req_t *pub)
+{
+    req_t *r = R(pub);
+    if (!r->res_started) tr_http_res_start(pub, 200);
+    if (r->res_done) return;
+    if (r->res_chunked && !pub->head) tr_buf_append(&r->conn->out, "0\r\n\r\n", 5);
+    res_complete(r);
+}
+
+void tr_http_res_problem(tr_http_req_t *pub, int status, const char *slug, const char *title,
+                         const char *detail_fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, detail_fmt);
+    vsnprintf(detail, sizeof(detail), detail_fmt, ap);
+    va_end(ap);
+    tr_buf_t body = TR_BUF_INIT;
+    tr_problem_render(&body, status, slug, title, detail);
+    tr_http_res_send(pub, status, TR_PROBLEM_CONTENT_TYPE, body.data, body.len);
+    tr_buf_free(&body);
+}
