@@ -7,19 +7,19 @@
  * UV_E* codes (negated errno values), which pass through unchanged.
  */
 #define TR_ERRNO_MAP(X)                                                                            \
-    X(CONFIG, -30001, "invalid configuration")                                                    \
-    X(PARSE, -30002, "malformed input")                                                           \
-    X(TOOLARGE, -30003, "input exceeds a limit")                                                  \
-    X(CONNECT_TIMEOUT, -30004, "connect timed out")                                               \
-    X(RESPONSE_TIMEOUT, -30005, "response timed out")                                             \
-    X(BAD_RESPONSE, -30006, "malformed response from peer")                                       \
-    X(CLOSED, -30007, "connection closed by peer before the response completed")                 \
-    X(NOTFOUND, -30008, "not found")                                                              \
-    X(EXISTS, -30009, "already exists")                                                           \
-    X(BUSY, -30010, "resource busy or limit reached")                                             \
-    X(CANCELED, -30011, "operation canceled")                                                     \
-    X(UNSUPPORTED, -30012, "not supported")                                                       \
-    X(STATE, -30013, "operation not valid in the current state")                                  \
+    X(CONFIG, -30001, "invalid configuration")                                                     \
+    X(PARSE, -30002, "malformed input")                                                            \
+    X(TOOLARGE, -30003, "input exceeds a limit")                                                   \
+    X(CONNECT_TIMEOUT, -30004, "connect timed out")                                                \
+    X(RESPONSE_TIMEOUT, -30005, "response timed out")                                              \
+    X(BAD_RESPONSE, -30006, "malformed response from peer")                                        \
+    X(CLOSED, -30007, "connection closed by peer before the response completed")                   \
+    X(NOTFOUND, -30008, "not found")                                                               \
+    X(EXISTS, -30009, "already exists")                                                            \
+    X(BUSY, -30010, "resource busy or limit reached")                                              \
+    X(CANCELED, -30011, "operation canceled")                                                      \
+    X(UNSUPPORTED, -30012, "not supported")                                                        \
+    X(STATE, -30013, "operation not valid in the current state")                                   \
     X(IO, -30014, "input/output error")
 
 enum tr_errno {

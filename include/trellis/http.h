@@ -90,8 +90,7 @@ int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t
  * (handlers get on_abort). `done` (may be NULL) fires once when all handles are
  * closed; then the server's memory is freed. Calling it again only escalates force.
  */
-void tr_http_server_close(tr_http_server_t *srv, bool force, void (*done)(void *data),
-                          void *data);
+void tr_http_server_close(tr_http_server_t *srv, bool force, void (*done)(void *data), void *data);
 
 /* Connections currently open on this server (this loop only). */
 size_t tr_http_server_connections(const tr_http_server_t *srv);

@@ -18,11 +18,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ECHO_DEFAULT_LISTEN "127.0.0.1:8090"
+#define ECHO_DEFAULT_LISTEN  "127.0.0.1:8090"
 #define ECHO_BODY_INLINE_MAX (1024 * 1024) /* /echo returns bodies up to this size inline */
-#define ECHO_MAX_DELAY_MS 600000
-#define ECHO_MAX_STREAM 100000
-#define ECHO_BYTES_CHUNK 16384
+#define ECHO_MAX_DELAY_MS    600000
+#define ECHO_MAX_STREAM      100000
+#define ECHO_BYTES_CHUNK     16384
 
 typedef struct echo_s {
     tr_http_server_options_t http;
@@ -68,7 +68,8 @@ static json_t *headers_json(const tr_http_req_t *req)
         char name[256];
         size_t n = req->headers[i].name_len < sizeof(name) - 1 ? req->headers[i].name_len
                                                                : sizeof(name) - 1;
-        for (size_t k = 0; k < n; k++) name[k] = (char)tolower((unsigned char)req->headers[i].name[k]);
+        for (size_t k = 0; k < n; k++)
+            name[k] = (char)tolower((unsigned char)req->headers[i].name[k]);
         name[n] = '\0';
         json_t *v = json_stringn(req->headers[i].value, req->headers[i].value_len);
         if (!v) v = json_string("(invalid UTF-8)");
@@ -156,7 +157,8 @@ static void bytes_pump(tr_http_req_t *req)
     char chunk[ECHO_BYTES_CHUNK];
     while (b->left) {
         size_t n = b->left < sizeof(chunk) ? (size_t)b->left : sizeof(chunk);
-        for (size_t i = 0; i < n; i++) chunk[i] = (char)('a' + (b->pos + i) % 26);
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = (char)('a' + (b->pos + i) % 26);
         b->left -= n;
         b->pos += n;
         if (!tr_http_res_write(req, chunk, n) && b->left) return; /* on_drain resumes */
@@ -240,7 +242,8 @@ static void on_echo_end(tr_http_req_t *req)
     unsigned char md[32];
     char hex[65];
     EVP_DigestFinal_ex(eb->sha, md, NULL);
-    for (int i = 0; i < 32; i++) snprintf(hex + i * 2, 3, "%02x", md[i]);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + i * 2, 3, "%02x", md[i]);
     json_t *o = json_pack("{s:s, s:s%, s:s%, s:o}", "method", req->method, "path", req->path,
                           (size_t)req->path_len, "query", req->query, (size_t)req->query_len,
                           "headers", headers_json(req));
@@ -280,8 +283,8 @@ static bool path_has_prefix(const tr_http_req_t *req, const char *p, size_t n)
 }
 
 #define PATH_IS(req, lit) path_is(req, lit, sizeof(lit) - 1)
-#define PREFIX(req, lit) path_has_prefix(req, lit, sizeof(lit) - 1)
-#define TAIL(req, lit) (req)->path + sizeof(lit) - 1, (req)->path_len - (sizeof(lit) - 1)
+#define PREFIX(req, lit)  path_has_prefix(req, lit, sizeof(lit) - 1)
+#define TAIL(req, lit)    (req)->path + sizeof(lit) - 1, (req)->path_len - (sizeof(lit) - 1)
 
 static void do_metrics(tr_http_req_t *req)
 {
@@ -309,7 +312,8 @@ static const char *route(echo_t *e, tr_http_req_t *req)
     if (PREFIX(req, "/bytes/")) return do_bytes(req, TAIL(req, "/bytes/")), "bytes";
     if (PREFIX(req, "/stream/")) return do_stream(req, TAIL(req, "/stream/")), "stream";
     if (PATH_IS(req, "/drop")) return tr_http_res_abort(req), "drop";
-    if (PATH_IS(req, "/health/live") || PATH_IS(req, "/health/ready")) return do_health(req), "health";
+    if (PATH_IS(req, "/health/live") || PATH_IS(req, "/health/ready"))
+        return do_health(req), "health";
     if (PATH_IS(req, "/metrics")) return do_metrics(req), "metrics";
     tr_http_res_problem(req, 404, "not-found", "Not Found",
                         "no endpoint at this path; try /, /echo, /headers, /status/{code}, "
@@ -434,10 +438,18 @@ static int parse_args(int argc, char **argv, echo_t *e, echo_args_t *a)
     while ((c = getopt_long(argc, argv, "l:w:h", long_opts, NULL)) != -1) {
         bool ok = true;
         switch (c) {
-        case 'l': a->listen = optarg; break;
-        case 'w': ok = tr_cli_int("echo", "workers", optarg, 1, 256, &a->workers); break;
-        case OPT_MAX_BODY: ok = tr_cli_size("echo", "max-body", optarg, &e->http.max_body_bytes); break;
-        case OPT_MAX_HEADER: ok = tr_cli_size("echo", "max-header", optarg, &a->max_header); break;
+        case 'l':
+            a->listen = optarg;
+            break;
+        case 'w':
+            ok = tr_cli_int("echo", "workers", optarg, 1, 256, &a->workers);
+            break;
+        case OPT_MAX_BODY:
+            ok = tr_cli_size("echo", "max-body", optarg, &e->http.max_body_bytes);
+            break;
+        case OPT_MAX_HEADER:
+            ok = tr_cli_size("echo", "max-header", optarg, &a->max_header);
+            break;
         case OPT_HEADER_TIMEOUT:
             ok = tr_cli_duration("echo", "header-timeout", optarg, &e->http.header_timeout_ms);
             break;
@@ -447,11 +459,21 @@ static int parse_args(int argc, char **argv, echo_t *e, echo_args_t *a)
         case OPT_BODY_TIMEOUT:
             ok = tr_cli_duration("echo", "body-timeout", optarg, &e->http.body_timeout_ms);
             break;
-        case OPT_GRACE: ok = tr_cli_duration("echo", "grace", optarg, &a->grace_ms); break;
-        case OPT_LOG_LEVEL: a->log_level = optarg; break;
-        case OPT_LOG_FORMAT: a->log_format = optarg; break;
-        case 'h': echo_usage(stdout); return -1;
-        default: fprintf(stderr, "Try 'trellis echo --help'.\n"); return TR_EXIT_USAGE;
+        case OPT_GRACE:
+            ok = tr_cli_duration("echo", "grace", optarg, &a->grace_ms);
+            break;
+        case OPT_LOG_LEVEL:
+            a->log_level = optarg;
+            break;
+        case OPT_LOG_FORMAT:
+            a->log_format = optarg;
+            break;
+        case 'h':
+            echo_usage(stdout);
+            return -1;
+        default:
+            fprintf(stderr, "Try 'trellis echo --help'.\n");
+            return TR_EXIT_USAGE;
         }
         if (!ok) return TR_EXIT_USAGE;
     }

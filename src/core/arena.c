@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ARENA_ALIGN 16
+#define ARENA_ALIGN         16
 #define ARENA_DEFAULT_BLOCK 4096
 
 struct tr_arena_block_s {
@@ -135,7 +135,8 @@ void tr_arena_on_reset(tr_arena_t *a, tr_arena_cleanup_cb cb, void *data)
 void tr_arena_reset(tr_arena_t *a)
 {
     /* Cleanups live in the arena's own blocks, so run them all before freeing any. */
-    for (tr_arena_cleanup_t *c = a->cleanups; c; c = c->next) c->cb(c->data);
+    for (tr_arena_cleanup_t *c = a->cleanups; c; c = c->next)
+        c->cb(c->data);
     a->cleanups = NULL;
     tr_arena_block_t *b = a->head;
     while (b && b->owned) {

@@ -10,9 +10,9 @@ typedef struct tr_arena_block_s tr_arena_block_t;
 typedef struct tr_arena_cleanup_s tr_arena_cleanup_t;
 
 typedef struct tr_arena_s {
-    tr_arena_block_t *head;        /* current block */
-    tr_arena_block_t *first;       /* caller-provided first block, kept across resets */
-    tr_arena_cleanup_t *cleanups;  /* run in reverse order of registration on reset */
+    tr_arena_block_t *head;       /* current block */
+    tr_arena_block_t *first;      /* caller-provided first block, kept across resets */
+    tr_arena_cleanup_t *cleanups; /* run in reverse order of registration on reset */
     size_t block_size;
 } tr_arena_t;
 

@@ -10,7 +10,8 @@ void tr_buf_reserve(tr_buf_t *b, size_t extra)
 {
     if (b->cap - b->len > extra) return;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len <= extra) cap *= 2;
+    while (cap - b->len <= extra)
+        cap *= 2;
     b->data = tr_realloc(b->data, cap);
     b->cap = cap;
 }

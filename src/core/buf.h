@@ -12,7 +12,10 @@ typedef struct tr_buf_s {
     size_t cap;
 } tr_buf_t;
 
-#define TR_BUF_INIT {NULL, 0, 0}
+#define TR_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /* Ensures room for `extra` more bytes; aborts on out-of-memory. */
 void tr_buf_reserve(tr_buf_t *b, size_t extra);

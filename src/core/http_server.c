@@ -7,6 +7,8 @@
 #include "core/mem.h"
 #include "core/problem.h"
 #include "trellis/error.h"
+#include "trellis/log.h"
+#include "trellis/metrics.h"
 #include "trellis/net.h"
 
 #include <http_parser.h>
@@ -17,10 +19,10 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define REQ_STORAGE 4096
+#define REQ_STORAGE    4096
 #define OUT_HIGH_WATER (64 * 1024)
-#define LINGER_MS 2000
-#define POOL_MAX 256
+#define LINGER_MS      2000
+#define POOL_MAX       256
 
 enum deadline_kind { DL_NONE, DL_HEADER, DL_IDLE, DL_BODY, DL_SEND, DL_LINGER };
 enum last_cb { CB_NONE, CB_FIELD, CB_VALUE };
@@ -47,13 +49,14 @@ typedef struct req_s {
     uint32_t nres, res_cap;
     uint64_t res_length;
     bool headers_done, msg_complete, res_started, res_done, res_chunked, res_length_known;
-    bool body_paused, want_body, te_seen, cl_seen, host_seen, folded;
+    bool body_paused, want_body;
+    const char *correlation_id; /* x-correlation-id, else x-request-id */
+    char trace_id[33];          /* from a traceparent header, "" when none */
     char storage[REQ_STORAGE];
 } req_t;
 
 struct conn_s {
     uv_tcp_t tcp;
-    uv_timer_t timer;
     http_parser parser;
     tr_http_server_t *srv;
     conn_t *prev, *next;
@@ -66,8 +69,7 @@ struct conn_s {
     const char *seg_start; /* the bytes the parser is being fed, for obs-fold detection */
     uint64_t deadline;
     uint8_t deadline_kind;
-    uint8_t handles_open;
-    bool processing, read_stopped, eof, closing, close_after, lingering, dirty, timer_armed;
+    bool processing, read_stopped, eof, closing, close_after, lingering, dirty;
     bool tail_lf_ws, any_bytes, want_drain;
     char prev_byte;
 };
@@ -75,6 +77,7 @@ struct conn_s {
 struct tr_http_server_s {
     uv_loop_t *loop;
     uv_tcp_t listener;
+    uv_timer_t sweep; /* expires connection deadlines; one timer per server, not per conn */
     tr_http_server_options_t opts;
     conn_t *conns;
     size_t nconns;
@@ -83,12 +86,38 @@ struct tr_http_server_s {
     char **free_rbufs;
     size_t nfree_rbufs, nfree_conns, nfree_reqs;
     size_t handles_open;
-    bool closing, force;
+    bool closing, force, sweep_closed;
     void (*done)(void *data);
     void *done_data;
 };
 
 static http_parser_settings settings;
+
+/* Server metrics, shared by every server in the process (per-thread shards inside). */
+static tr_series_t *m_responses[6]; /* by status class: [1]=1xx … [5]=5xx */
+static tr_series_t *m_connections;
+
+static void metrics_init(void)
+{
+    static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    tr_metrics_t *reg = tr_metrics_default();
+    tr_metric_t *resp = tr_metrics_counter(reg, "trellis_http_server_responses_total",
+                                           "HTTP responses sent, by status class.",
+                                           (const char *const[]){"code", NULL});
+    for (int i = 0; i < 5; i++) {
+        const char *values[] = {classes[i], NULL};
+        m_responses[i + 1] = tr_metric_series(resp, values);
+    }
+    tr_metric_t *conns = tr_metrics_gauge(reg, "trellis_http_server_connections",
+                                          "Open HTTP server connections.", NULL);
+    m_connections = tr_metric_series(conns, NULL);
+}
+
+static void count_response(int status)
+{
+    int cls = status / 100;
+    if (cls >= 1 && cls <= 5) tr_counter_inc(m_responses[cls]);
+}
 
 static void conn_process(conn_t *c);
 static void conn_flush(conn_t *c);
@@ -146,24 +175,15 @@ static void req_put(tr_http_server_t *s, req_t *r)
     free(r);
 }
 
-/* ---- deadlines: one timer per connection, re-armed lazily when it fires early */
-
-static void on_timer(uv_timer_t *t);
+/*
+ * ---- deadlines: setting one is two stores; a per-server sweep timer expires them.
+ * Re-arming a timer per request would cost a heap operation on every request.
+ */
 
 static void set_deadline(conn_t *c, enum deadline_kind kind, uint64_t ms)
 {
-    c->deadline_kind = (uint8_t)kind;
-    if (kind == DL_NONE || ms == 0) {
-        c->deadline_kind = DL_NONE;
-        return;
-    }
-    uint64_t now = uv_now(c->srv->loop);
-    uint64_t due = now + ms;
-    bool later = c->timer_armed && due >= c->deadline;
-    c->deadline = due;
-    if (later) return; /* the armed timer fires first and re-arms for the rest */
-    uv_timer_start(&c->timer, on_timer, ms, 0);
-    c->timer_armed = true;
+    c->deadline_kind = (uint8_t)(ms ? kind : DL_NONE);
+    c->deadline = uv_now(c->srv->loop) + ms;
 }
 
 /* ---- output */
@@ -272,8 +292,10 @@ static void conn_after_write(conn_t *c)
 {
     if (c->closing) return;
     if (c->close_after && (!c->req || c->req->res_done)) {
-        if (c->eof) conn_close(c);
-        else if (!c->lingering) conn_shutdown(c);
+        if (c->eof)
+            conn_close(c);
+        else if (!c->lingering)
+            conn_shutdown(c);
         return;
     }
     if (c->want_drain && c->req && c->req->pub.on_drain) {
@@ -299,16 +321,26 @@ static void server_maybe_done(tr_http_server_t *s)
         s->free_reqs = r->next_free;
         free(r);
     }
-    while (s->nfree_rbufs) free(s->free_rbufs[--s->nfree_rbufs]);
+    while (s->nfree_rbufs)
+        free(s->free_rbufs[--s->nfree_rbufs]);
     free(s->free_rbufs);
     free(s);
     if (done) done(data);
 }
 
-static void on_conn_handle_closed(uv_handle_t *h)
+static void on_server_handle_closed(uv_handle_t *h);
+
+/* During a graceful close the sweep keeps enforcing deadlines until the last connection. */
+static void maybe_close_sweep(tr_http_server_t *s)
+{
+    if (!s->closing || s->nconns || s->sweep_closed) return;
+    s->sweep_closed = true;
+    uv_close((uv_handle_t *)&s->sweep, on_server_handle_closed);
+}
+
+static void on_conn_closed(uv_handle_t *h)
 {
     conn_t *c = h->data;
-    if (--c->handles_open) return;
     tr_http_server_t *s = c->srv;
     tr_buf_free(&c->out);
     tr_buf_free(&c->inflight);
@@ -320,6 +352,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
         free(c);
     }
     s->handles_open--;
+    maybe_close_sweep(s);
     server_maybe_done(s);
 }
 
@@ -338,12 +371,14 @@ static void conn_close(conn_t *c)
         rbuf_put(s, c->rbuf);
         c->rbuf = NULL;
     }
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nconns--;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    tr_gauge_add(m_connections, -1);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
 /* Answers a protocol error with problem+json and closes the connection after it. */
@@ -358,6 +393,7 @@ static void conn_fail(conn_t *c, int status, const char *slug, const char *title
     tr_buf_t body = TR_BUF_INIT;
     tr_problem_render(&body, status, slug, title, detail);
     out_reserve_status(c, status);
+    count_response(status);
     tr_buf_append_str(&c->out, tr_httpdate_header());
     tr_buf_printf(&c->out,
                   "Content-Type: " TR_PROBLEM_CONTENT_TYPE "\r\nContent-Length: %zu\r\n"
@@ -376,17 +412,8 @@ static void conn_fail(conn_t *c, int status, const char *slug, const char *title
     mark_dirty(c);
 }
 
-static void on_timer(uv_timer_t *t)
+static void conn_expire(conn_t *c)
 {
-    conn_t *c = t->data;
-    c->timer_armed = false;
-    if (c->deadline_kind == DL_NONE || c->closing) return;
-    uint64_t now = uv_now(c->srv->loop);
-    if (now < c->deadline) {
-        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
-        c->timer_armed = true;
-        return;
-    }
     switch (c->deadline_kind) {
     case DL_HEADER:
         if (c->any_bytes) {
@@ -406,6 +433,28 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
+static void on_sweep(uv_timer_t *t)
+{
+    tr_http_server_t *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    conn_t *next;
+    for (conn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (c->deadline_kind != DL_NONE && now >= c->deadline && !c->closing) conn_expire(c);
+    }
+}
+
+/* Deadlines fire within a quarter of the shortest timeout (at most 250 ms late). */
+static uint64_t sweep_interval(const tr_http_server_options_t *o)
+{
+    uint64_t m = o->header_timeout_ms;
+    if (o->idle_timeout_ms < m) m = o->idle_timeout_ms;
+    if (o->body_timeout_ms < m) m = o->body_timeout_ms;
+    if (o->send_timeout_ms < m) m = o->send_timeout_ms;
+    m /= 4;
+    return m < 5 ? 5 : m > 250 ? 250 : m;
+}
+
 /* ---- request parsing callbacks */
 
 static req_t *cur(http_parser *p)
@@ -413,8 +462,7 @@ static req_t *cur(http_parser *p)
     return ((conn_t *)p->data)->req;
 }
 
-static int fail_cb(req_t *r, int status, const char *slug, const char *title,
-                   const char *detail)
+static int fail_cb(req_t *r, int status, const char *slug, const char *title, const char *detail)
 {
     r->fail_status = status;
     r->fail_slug = slug;
@@ -465,7 +513,8 @@ static int on_url(http_parser *p, const char *at, size_t n)
 static bool follows_line_fold(conn_t *c, const char *at)
 {
     const char *p = at;
-    while (p > c->seg_start && (p[-1] == ' ' || p[-1] == '\t')) p--;
+    while (p > c->seg_start && (p[-1] == ' ' || p[-1] == '\t'))
+        p--;
     if (p > c->seg_start) return p[-1] == '\n' && p != at;
     return c->tail_lf_ws;
 }
@@ -484,7 +533,8 @@ static void header_commit(req_t *r)
     h->value = r->value ? r->value : "";
     h->value_len = r->value_len;
     /* Trailing whitespace is not part of a field value (RFC 9110 §5.5). */
-    while (h->value_len && (h->value[h->value_len - 1] == ' ' || h->value[h->value_len - 1] == '\t'))
+    while (h->value_len &&
+           (h->value[h->value_len - 1] == ' ' || h->value[h->value_len - 1] == '\t'))
         r->value[--h->value_len] = '\0';
     r->field = r->value = NULL;
     r->field_len = r->value_len = 0;
@@ -547,6 +597,12 @@ static int check_framing(req_t *r)
             host = true;
         } else if (name_is(h, "expect", 6)) {
             r->pub.expect_continue = !strcasecmp(h->value, "100-continue");
+        } else if (name_is(h, "x-correlation-id", 16) ||
+                   (!r->correlation_id && name_is(h, "x-request-id", 12))) {
+            r->correlation_id = h->value;
+        } else if (name_is(h, "traceparent", 11) && h->value_len >= 35 && h->value[2] == '-') {
+            memcpy(r->trace_id, h->value + 3, 32);
+            r->trace_id[32] = '\0';
         }
     }
     if (te && cl)
@@ -597,7 +653,11 @@ static int on_headers_complete(http_parser *p)
     }
     if (!http_should_keep_alive(p)) c->close_after = true;
     set_deadline(c, r->want_body ? DL_BODY : DL_NONE, c->srv->opts.body_timeout_ms);
+    /* Lines the handler logs carry the request's ids (tr_log's thread-local context). */
+    bool ctx = r->correlation_id || r->trace_id[0];
+    if (ctx) tr_log_context_set(r->correlation_id, r->trace_id[0] ? r->trace_id : NULL);
     c->srv->opts.handler(&r->pub, c->srv->opts.handler_data);
+    if (ctx) tr_log_context_clear();
     if (c->closing) return -1; /* the handler dropped the connection: stop parsing */
     if (c->req != r) return 0;
     if (r->want_body && r->pub.expect_continue && !r->res_started) {
@@ -699,7 +759,8 @@ static void parse_error(conn_t *c, enum http_errno e)
 static bool tail_is_lf_ws(const char *start, const char *end)
 {
     const char *p = end;
-    while (p > start && (p[-1] == ' ' || p[-1] == '\t')) p--;
+    while (p > start && (p[-1] == ' ' || p[-1] == '\t'))
+        p--;
     return p > start && p[-1] == '\n';
 }
 
@@ -800,14 +861,13 @@ static void on_connection(uv_stream_t *ls, int status)
     memset(c, 0, sizeof(*c));
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles_open = 2;
+    c->tcp.data = c;
     s->handles_open++;
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    tr_gauge_add(m_connections, 1);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
@@ -836,6 +896,7 @@ static void fill_defaults(tr_http_server_options_t *o)
 
 static void init_settings(void)
 {
+    metrics_init();
     settings.on_message_begin = on_message_begin;
     settings.on_url = on_url;
     settings.on_header_field = on_header_field;
@@ -844,8 +905,6 @@ static void init_settings(void)
     settings.on_body = on_body;
     settings.on_message_complete = on_message_complete;
 }
-
-static void on_listener_closed(uv_handle_t *h);
 
 int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t *opts,
                          tr_http_server_t **out)
@@ -861,21 +920,26 @@ int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t
         http_parser_set_max_header_size((uint32_t)s->opts.max_header_bytes);
     s->free_rbufs = tr_calloc(POOL_MAX, sizeof(char *));
     uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    s->handles_open = 1;
+    uv_timer_init(loop, &s->sweep);
+    s->listener.data = s->sweep.data = s;
+    s->handles_open = 2;
     int err = uv_tcp_open(&s->listener, fd);
     if (!err) err = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
     if (err) {
         if (uv_fileno((uv_handle_t *)&s->listener, &(uv_os_fd_t){0}) < 0) close(fd);
         s->closing = true;
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
+        s->sweep_closed = true;
+        uv_close((uv_handle_t *)&s->sweep, on_server_handle_closed);
         return err;
     }
+    uint64_t every = sweep_interval(&s->opts);
+    uv_timer_start(&s->sweep, on_sweep, every, every);
     *out = s;
     return 0;
 }
 
-static void on_listener_closed(uv_handle_t *h)
+static void on_server_handle_closed(uv_handle_t *h)
 {
     tr_http_server_t *s = h->data;
     s->handles_open--;
@@ -888,7 +952,7 @@ void tr_http_server_close(tr_http_server_t *s, bool force, void (*done)(void *da
         s->closing = true;
         s->done = done;
         s->done_data = data;
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
     }
     if (force) s->force = true;
     conn_t *next;
@@ -900,6 +964,7 @@ void tr_http_server_close(tr_http_server_t *s, bool force, void (*done)(void *da
             c->close_after = true;
         }
     }
+    maybe_close_sweep(s);
 }
 
 size_t tr_http_server_connections(const tr_http_server_t *s)
@@ -1022,6 +1087,7 @@ static void write_head(req_t *r, int status, const char *content_type)
     /* A final answer before an expected body: the client may never send it, so close. */
     if (r->want_body && r->pub.expect_continue && !r->msg_complete) c->close_after = true;
     out_reserve_status(c, status);
+    count_response(status);
     tr_buf_append_str(o, tr_httpdate_header());
     if (content_type) {
         tr_buf_append(o, "Content-Type: ", 14);
@@ -1041,8 +1107,10 @@ static void write_head(req_t *r, int status, const char *content_type)
         }
     }
     /* Unread request body can't be skipped safely unless the parser gets to read it. */
-    if (c->close_after) tr_buf_append(o, "Connection: close\r\n", 19);
-    else if (r->pub.http_minor == 0) tr_buf_append(o, "Connection: keep-alive\r\n", 24);
+    if (c->close_after)
+        tr_buf_append(o, "Connection: close\r\n", 19);
+    else if (r->pub.http_minor == 0)
+        tr_buf_append(o, "Connection: keep-alive\r\n", 24);
     for (uint32_t i = 0; i < r->nres; i++) {
         tr_http_header_t *h = &r->res_hdrs[i];
         tr_buf_reserve(o, h->name_len + h->value_len + 4);

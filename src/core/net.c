@@ -112,7 +112,8 @@ int tr_net_listen(const struct sockaddr_storage *addr, int n, int backlog, int *
     for (int i = 0; i < n; i++) {
         int fd = open_one(&want, backlog);
         if (fd < 0) {
-            while (i-- > 0) close(fds[i]);
+            while (i-- > 0)
+                close(fds[i]);
             return fd;
         }
         fds[i] = fd;

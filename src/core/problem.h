@@ -4,7 +4,7 @@
 
 #include "core/buf.h"
 
-#define TR_PROBLEM_TYPE_BASE "https://trellis.dev/problems/"
+#define TR_PROBLEM_TYPE_BASE    "https://trellis.dev/problems/"
 #define TR_PROBLEM_CONTENT_TYPE "application/problem+json"
 
 /*

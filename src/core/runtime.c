@@ -6,6 +6,7 @@
 
 #include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +16,8 @@
 struct tr_worker_s {
     int id;
     uv_loop_t loop;
-    uv_async_t wake;   /* main → worker: stop (graceful or forced) */
-    uv_timer_t grace;  /* forces the stop when the grace period ends */
+    uv_async_t wake;  /* main → worker: stop (graceful or forced) */
+    uv_timer_t grace; /* forces the stop when the grace period ends */
     uv_thread_t thread;
     struct runtime_s *rt;
     void *user;
@@ -37,7 +38,7 @@ typedef struct runtime_s {
     atomic_int nexited;
     int stop_level;
     uv_sem_t started; /* every worker's handles exist before main may signal them */
-    uv_mutex_t lock; /* guards sending to a worker's async handle while it may close */
+    uv_mutex_t lock;  /* guards sending to a worker's async handle while it may close */
 } runtime_t;
 
 static runtime_t *volatile running;
@@ -154,6 +155,17 @@ void tr_runtime_stop(void)
     if (rt) uv_async_send(&rt->stop_req);
 }
 
+/* Servers hold one descriptor per connection: use all the hard limit allows, as nginx's
+ * worker_rlimit_nofile does, instead of the 1024 a login shell often gives. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 static void main_handles_init(runtime_t *rt)
 {
     uv_signal_init(rt->main_loop, &rt->sig_term);
@@ -197,6 +209,7 @@ int tr_runtime_run(const tr_runtime_options_t *opts)
     uv_sem_init(&rt.started, 0);
     uv_loop_init(rt.main_loop);
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     main_handles_init(&rt);
     running = &rt;
     rt.workers = tr_calloc((size_t)rt.nworkers, sizeof(tr_worker_t));
@@ -206,7 +219,8 @@ int tr_runtime_run(const tr_runtime_options_t *opts)
         w->rt = &rt;
         uv_thread_create(&w->thread, worker_boot, w);
     }
-    for (int i = 0; i < rt.nworkers; i++) uv_sem_wait(&rt.started);
+    for (int i = 0; i < rt.nworkers; i++)
+        uv_sem_wait(&rt.started);
     uv_run(rt.main_loop, UV_RUN_DEFAULT);
     int err = 0;
     for (int i = 0; i < rt.nworkers; i++) {
