@@ -97,28 +97,46 @@ run_wrk() {
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-declare -A RPS P50 P99 RSS
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Both servers run side by side on the same core; rounds alternate between them so a
+# noisy moment on the machine hurts both alike.
+declare -A PORT PID RPS P50 P99 RSS CPU
 for name in nginx trellis; do
-  port=$(free_port)
-  if [ $name = nginx ]; then start_nginx "$port"; else start_trellis "$port"; fi
-  pid=$SERVER_PID
-  wait_http "$port"
-  taskset -c $CLIENT_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+  PORT[$name]=$(free_port)
+  if [ $name = nginx ]; then start_nginx "${PORT[$name]}"; else start_trellis "${PORT[$name]}"; fi
+  PID[$name]=$SERVER_PID
+  wait_http "${PORT[$name]}"
+  taskset -c $CLIENT_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$name]}/" >/dev/null # warm-up
   : > "$WORK/$name.runs"
-  for r in $(seq 1 "$ROUNDS"); do
-    run_wrk "$port" | tee -a "$WORK/$name.runs" | awk -v n=$name -v r=$r '{printf "  %-8s round %d: %10.0f req/s  p50 %.3f ms  p99 %.3f ms\n", n, r, $1, $2, $3}'
+done
+TICK=$(getconf CLK_TCK)
+for r in $(seq 1 "$ROUNDS"); do
+  for name in nginx trellis; do
+    t0=$(cpu_ticks "${PID[$name]}")
+    line=$(run_wrk "${PORT[$name]}")
+    t1=$(cpu_ticks "${PID[$name]}")
+    # CPU time of the server process per request, in microseconds
+    cpu=$(awk -v a="$t0" -v b="$t1" -v rps="$(echo "$line" | cut -d' ' -f1)" -v d="$DURATION" -v hz="$TICK" \
+      'BEGIN { printf "%.2f", (b - a) / hz * 1e6 / (rps * d) }')
+    echo "$line $cpu" >> "$WORK/$name.runs"
+    echo "$line $cpu" | awk -v n=$name -v r=$r '{printf "  %-8s round %d: %10.0f req/s  p50 %.3f ms  p99 %.3f ms  %5.2f us CPU/req\n", n, r, $1, $2, $3, $4}'
   done
+done
+for name in nginx trellis; do
   RPS[$name]=$(awk '{print $1}' "$WORK/$name.runs" | median)
   P50[$name]=$(awk '{print $2}' "$WORK/$name.runs" | median)
   P99[$name]=$(awk '{print $3}' "$WORK/$name.runs" | median)
-  RSS[$name]=$(rss_kb "$pid")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  CPU[$name]=$(awk '{print $4}' "$WORK/$name.runs" | median)
+  RSS[$name]=$(rss_kb "${PID[$name]}")
 done
 
 echo
-printf "%-10s %12s %10s %10s %10s\n" server "req/s" "p50 ms" "p99 ms" "RSS KiB"
+printf "%-10s %12s %10s %10s %12s %10s\n" server "req/s" "p50 ms" "p99 ms" "CPU us/req" "RSS KiB"
 for name in nginx trellis; do
-  printf "%-10s %12.0f %10.3f %10.3f %10s\n" $name "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${RSS[$name]}"
+  printf "%-10s %12.0f %10.3f %10.3f %12.2f %10s\n" $name "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}" "${RSS[$name]}"
 done
-awk -v a="${RPS[trellis]}" -v b="${RPS[nginx]}" -v c="${P99[trellis]}" -v d="${P99[nginx]}" 'BEGIN {
-  printf "\ntrellis/nginx: throughput %.3fx, p99 %.3fx (lower is better)\n", a/b, (d > 0 ? c/d : 0) }'
+awk -v a="${RPS[trellis]}" -v b="${RPS[nginx]}" -v c="${P99[trellis]}" -v d="${P99[nginx]}" \
+    -v e="${CPU[trellis]}" -v f="${CPU[nginx]}" 'BEGIN {
+  printf "\ntrellis/nginx: throughput %.3fx, p99 %.3fx, CPU per request %.3fx (lower is better for both)\n",
+    a/b, (d > 0 ? c/d : 0), (f > 0 ? e/f : 0) }'

@@ -188,16 +188,44 @@ static void set_deadline(conn_t *c, enum deadline_kind kind, uint64_t ms)
 
 /* ---- output */
 
+/* Status lines are formatted once per process; a response copies one. */
+#define STATUS_MIN 100
+#define STATUS_MAX 599
+static char status_lines[STATUS_MAX - STATUS_MIN + 1][48];
+static uint8_t status_line_len[STATUS_MAX - STATUS_MIN + 1];
+
+static void status_lines_init(void)
+{
+    for (int code = STATUS_MIN; code <= STATUS_MAX; code++) {
+        const char *reason = http_status_str((enum http_status)code);
+        if (!strcmp(reason, "<unknown>")) reason = ""; /* the reason phrase is optional */
+        int n = snprintf(status_lines[code - STATUS_MIN], sizeof(status_lines[0]),
+                         "HTTP/1.1 %d %.30s\r\n", code, reason);
+        status_line_len[code - STATUS_MIN] = (uint8_t)n;
+    }
+}
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return put(p, tmp + i, sizeof(tmp) - i);
+}
+
 static void out_reserve_status(conn_t *c, int status)
 {
-    const char *reason = http_status_str((enum http_status)status);
-    if (!strcmp(reason, "<unknown>")) reason = "Status";
-    tr_buf_t *o = &c->out;
-    tr_buf_append(o, "HTTP/1.1 ", 9);
-    tr_buf_append_u64(o, (unsigned)status);
-    tr_buf_append(o, " ", 1);
-    tr_buf_append_str(o, reason);
-    tr_buf_append(o, "\r\n", 2);
+    if (status < STATUS_MIN || status > STATUS_MAX) status = 500;
+    tr_buf_append(&c->out, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
 }
 
 static void mark_dirty(conn_t *c)
@@ -897,6 +925,7 @@ static void fill_defaults(tr_http_server_options_t *o)
 static void init_settings(void)
 {
     metrics_init();
+    status_lines_init();
     settings.on_message_begin = on_message_begin;
     settings.on_url = on_url;
     settings.on_header_field = on_header_field;
@@ -1079,51 +1108,60 @@ static bool status_has_body(int status)
     return !(status < 200 || status == 204 || status == 304);
 }
 
-static void write_head(req_t *r, int status, const char *content_type)
+#define LIT(p, s) put((p), (s), sizeof(s) - 1)
+
+/*
+ * Serialises the response head with one reservation and plain copies: this runs for
+ * every response, and a call per fragment costs more than the formatting itself.
+ * `extra` is room to reserve beyond the head (a body that follows at once).
+ */
+static void write_head(req_t *r, int status, const char *content_type, size_t extra)
 {
     conn_t *c = r->conn;
-    tr_buf_t *o = &c->out;
     r->res_started = true;
     /* A final answer before an expected body: the client may never send it, so close. */
     if (r->want_body && r->pub.expect_continue && !r->msg_complete) c->close_after = true;
-    out_reserve_status(c, status);
+    if (status < STATUS_MIN || status > STATUS_MAX) status = 500;
     count_response(status);
-    tr_buf_append_str(o, tr_httpdate_header());
+    const char *date = tr_httpdate_header();
+    size_t ct_len = content_type ? strlen(content_type) : 0;
+    size_t need = 48 + 40 + ct_len + 16 + 40 + 32 + 24 + 2 + extra;
+    for (uint32_t i = 0; i < r->nres; i++)
+        need += r->res_hdrs[i].name_len + r->res_hdrs[i].value_len + 4;
+    tr_buf_reserve(&c->out, need);
+    char *p = c->out.data + c->out.len;
+    p = put(p, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
+    p = put(p, date, strlen(date));
     if (content_type) {
-        tr_buf_append(o, "Content-Type: ", 14);
-        tr_buf_append_str(o, content_type);
-        tr_buf_append(o, "\r\n", 2);
+        p = LIT(p, "Content-Type: ");
+        p = put(p, content_type, ct_len);
+        p = LIT(p, "\r\n");
     }
     if (status_has_body(status)) {
         if (r->res_length_known) {
-            tr_buf_append(o, "Content-Length: ", 16);
-            tr_buf_append_u64(o, r->res_length);
-            tr_buf_append(o, "\r\n", 2);
+            p = LIT(p, "Content-Length: ");
+            p = put_u64(p, r->res_length);
+            p = LIT(p, "\r\n");
         } else if (r->pub.http_minor >= 1 && r->pub.http_major == 1) {
             r->res_chunked = true;
-            tr_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
+            p = LIT(p, "Transfer-Encoding: chunked\r\n");
         } else {
             c->close_after = true; /* HTTP/1.0 without length: the close delimits the body */
         }
     }
-    /* Unread request body can't be skipped safely unless the parser gets to read it. */
     if (c->close_after)
-        tr_buf_append(o, "Connection: close\r\n", 19);
+        p = LIT(p, "Connection: close\r\n");
     else if (r->pub.http_minor == 0)
-        tr_buf_append(o, "Connection: keep-alive\r\n", 24);
+        p = LIT(p, "Connection: keep-alive\r\n");
     for (uint32_t i = 0; i < r->nres; i++) {
-        tr_http_header_t *h = &r->res_hdrs[i];
-        tr_buf_reserve(o, h->name_len + h->value_len + 4);
-        memcpy(o->data + o->len, h->name, h->name_len);
-        o->len += h->name_len;
-        o->data[o->len++] = ':';
-        o->data[o->len++] = ' ';
-        memcpy(o->data + o->len, h->value, h->value_len);
-        o->len += h->value_len;
-        o->data[o->len++] = '\r';
-        o->data[o->len++] = '\n';
+        const tr_http_header_t *h = &r->res_hdrs[i];
+        p = put(p, h->name, h->name_len);
+        p = LIT(p, ": ");
+        p = put(p, h->value, h->value_len);
+        p = LIT(p, "\r\n");
     }
-    tr_buf_append(o, "\r\n", 2);
+    p = LIT(p, "\r\n");
+    c->out.len = (size_t)(p - c->out.data);
 }
 
 static void res_complete(req_t *r)
@@ -1142,8 +1180,13 @@ void tr_http_res_send(tr_http_req_t *pub, int status, const char *content_type, 
     if (r->res_started) return;
     r->res_length_known = true;
     r->res_length = len;
-    write_head(r, status, content_type);
-    if (!pub->head && status_has_body(status)) tr_buf_append(&r->conn->out, body, len);
+    bool with_body = !pub->head && status_has_body(status);
+    write_head(r, status, content_type, with_body ? len : 0);
+    if (with_body && len) {
+        tr_buf_t *o = &r->conn->out;
+        memcpy(o->data + o->len, body, len); /* room was reserved with the head */
+        o->len += len;
+    }
     res_complete(r);
 }
 
@@ -1151,7 +1194,7 @@ void tr_http_res_start(tr_http_req_t *pub, int status)
 {
     req_t *r = R(pub);
     if (r->res_started) return;
-    write_head(r, status, NULL);
+    write_head(r, status, NULL, 0);
     if (pub->head || !status_has_body(status)) r->res_chunked = false;
     mark_dirty(r->conn);
 }

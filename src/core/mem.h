@@ -12,11 +12,12 @@ char *tr_strndup(const char *s, size_t n);
 /* For sizes a remote peer controls: returns NULL instead of aborting. */
 void *tr_try_malloc(size_t n);
 
-/* Frees *pp and sets it to NULL. */
+/* Frees *pp and sets it to NULL; `pp` is evaluated once. */
 #define tr_free(pp)                                                                                \
     do {                                                                                           \
-        free(*(pp));                                                                               \
-        *(pp) = NULL;                                                                              \
+        __typeof__(pp) tr__pp = (pp);                                                              \
+        free(*tr__pp);                                                                             \
+        *tr__pp = NULL;                                                                            \
     } while (0)
 
 #endif

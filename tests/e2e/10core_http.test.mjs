@@ -159,7 +159,7 @@ test('chunked request body: /echo counts and hashes the decoded bytes', T, async
   const total = 200 * 1024;
   const body = Buffer.alloc(total);
   for (let i = 0; i < total; i++) body[i] = 0x21 + ((i * 7) % 90);
-  let wire = 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n';
+  let wire = 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n';
   const parts = [];
   let off = 0;
   const sizes = [1, 10, 4096, 16384, 65536, 3];
@@ -169,7 +169,14 @@ test('chunked request body: /echo counts and hashes the decoded bytes', T, async
     off += n;
   }
   wire += parts.join('') + '0\r\nX-Trailer: t\r\n\r\n';
-  const [res] = parseAll(await rawRequest(srv.port, wire, { timeout: ms(5000) }));
+  const c = await openClient(srv.port);
+  let res;
+  try {
+    c.send(wire);
+    [res] = await c.next(1);
+  } finally {
+    c.close();
+  }
   assert.equal(res.status, 200);
   const j = JSON.parse(res.body);
   assert.equal(j.body_bytes, total);
@@ -181,7 +188,8 @@ test('chunked request body: /echo counts and hashes the decoded bytes', T, async
 
 test('/echo returns a body of exactly 1 MiB inline (the default --max-body)', T, async () => {
   const body = Buffer.alloc(1024 * 1024, 'q');
-  const res = await httpGet(srv.port, '/echo', { method: 'POST', body, agent: false });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const res = await httpGet(srv.port, '/echo', { method: 'POST', body, agent }).finally(() => agent.destroy());
   assert.equal(res.status, 200);
   const j = JSON.parse(res.body);
   assert.equal(j.body_bytes, body.length);
@@ -341,9 +349,15 @@ test('/delay requests on one connection do not block other connections', T, asyn
 });
 
 test('/bytes/100000: Content-Length and the exact a..z pattern', T, async () => {
-  const { data, closed } = await rawExchange(srv.port, get('/bytes/100000', 'Connection: close\r\n'));
-  assert.equal(closed, true);
-  const [res] = parseAll(data);
+  const c = await openClient(srv.port);
+  let res;
+  try {
+    c.send(get('/bytes/100000'));
+    [res] = await c.next(1);
+    assert.equal(c.pending(), '', 'nothing after the body');
+  } finally {
+    c.close();
+  }
   assert.equal(res.status, 200);
   assert.equal(res.headers['content-length'], '100000');
   assert.equal(res.headers['content-type'], 'application/octet-stream');
@@ -458,4 +472,57 @@ test('each request on a keep-alive connection is independent of the previous one
   } finally {
     c.close();
   }
+});
+
+// Bodies and answers larger than one socket read / the output high-water mark, on
+// connections that close after the answer (Connection: close, HTTP/1.0).
+
+test('Connection: close with the body in a later packet: the body is read and answered', T, async () => {
+  const head = 'POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5\r\n\r\n';
+  const { data, closed } = await rawExchange(srv.port, [head, 'hello'], { gap: 100, timeout: ms(3000) });
+  assert.equal(closed, true, 'closed after the answer');
+  const res = parseAll(data);
+  assert.equal(res.length, 1, 'answered');
+  assert.equal(JSON.parse(res[0].body).body, 'hello');
+});
+
+test('HTTP/1.0 POST with the body in a later packet is read and answered', T, async () => {
+  const head = 'POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\n';
+  const { data, closed } = await rawExchange(srv.port, [head, 'hello'], { gap: 100, timeout: ms(3000) });
+  assert.equal(closed, true);
+  const res = parseAll(data);
+  assert.equal(res.length, 1, 'answered');
+  assert.equal(JSON.parse(res[0].body).body, 'hello');
+});
+
+test('Connection: close with a 200 KiB chunked body (larger than one read) is answered', T, async () => {
+  const body = 'z'.repeat(200 * 1024);
+  const wire = 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n' +
+    body.length.toString(16) + '\r\n' + body + '\r\n0\r\n\r\n';
+  const { data, closed } = await rawExchange(srv.port, wire, { timeout: ms(3000) });
+  assert.equal(closed, true);
+  const res = parseAll(data);
+  assert.equal(res.length, 1, 'answered');
+  assert.equal(JSON.parse(res[0].body).body_bytes, body.length);
+});
+
+test('node http.request with agent:false (Connection: close) POSTing 1 MiB gets its answer', T, async () => {
+  const body = Buffer.alloc(1024 * 1024, 'k');
+  const res = await httpGet(srv.port, '/echo', { method: 'POST', body, agent: false });
+  assert.equal(res.status, 200);
+  assert.equal(JSON.parse(res.body).body_bytes, body.length);
+});
+
+test('/bytes/100000 with Connection: close: the body, then the server closes', T, async () => {
+  const { data, closed, elapsed } = await rawExchange(srv.port, get('/bytes/100000', 'Connection: close\r\n'), { timeout: ms(3000) });
+  assert.equal(closed, true, `server closed after the body (waited ${elapsed} ms)`);
+  const [res] = parseAll(data);
+  assert.equal(res.body.length, 100000);
+});
+
+test('/bytes/200000 over HTTP/1.0: the body, then the server closes', T, async () => {
+  const { data, closed } = await rawExchange(srv.port, 'GET /bytes/200000 HTTP/1.0\r\n\r\n', { timeout: ms(3000) });
+  assert.equal(closed, true, 'server closed after the body');
+  const [res] = parseAll(data);
+  assert.equal(res.body.length, 200000);
 });
