@@ -28,10 +28,13 @@ enum tr_errno {
 #undef TR_ERR_ENUM
 };
 
-/* Human-readable message for any trellis or libuv error code (never NULL). */
+/*
+ * Human-readable message for any trellis or libuv error code (never NULL). For a code
+ * neither knows, the text lives in a per-thread buffer until the thread's next call.
+ */
 const char *tr_strerror(int err);
 
-/* Symbolic name ("TR_ECONFIG", "ECONNREFUSED") for any trellis or libuv error code. */
+/* Symbolic name ("TR_ECONFIG", "ECONNREFUSED") for any code; same lifetime rule. */
 const char *tr_err_name(int err);
 
 #endif

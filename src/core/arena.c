@@ -43,9 +43,12 @@ void tr_arena_init(tr_arena_t *a, void *storage, size_t storage_len)
 {
     memset(a, 0, sizeof(*a));
     a->block_size = ARENA_DEFAULT_BLOCK;
-    if (storage && storage_len > sizeof(tr_arena_block_t) + ARENA_ALIGN * 2) {
-        a->first = storage;
-        block_init(a->first, storage_len, 0);
+    /* The block header needs pointer alignment, which a caller's char array may lack. */
+    char *s = storage ? align_up(storage) : NULL;
+    size_t skip = (size_t)(s - (char *)storage);
+    if (s && storage_len > skip + sizeof(tr_arena_block_t) + ARENA_ALIGN * 2) {
+        a->first = (tr_arena_block_t *)s;
+        block_init(a->first, storage_len - skip, 0);
         a->head = a->first;
     }
 }

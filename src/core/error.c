@@ -3,6 +3,13 @@
 
 #include <uv.h>
 
+/*
+ * uv_strerror/uv_err_name allocate a fresh string for codes libuv does not know, which
+ * would leak on every call; the _r forms write into a per-thread buffer instead.
+ */
+static __thread char unknown_msg[64];
+static __thread char unknown_name[32];
+
 const char *tr_strerror(int err)
 {
     switch (err) {
@@ -14,7 +21,7 @@ const char *tr_strerror(int err)
         TR_ERRNO_MAP(TR_ERR_MSG)
 #undef TR_ERR_MSG
     default:
-        return uv_strerror(err);
+        return uv_strerror_r(err, unknown_msg, sizeof(unknown_msg));
     }
 }
 
@@ -29,6 +36,6 @@ const char *tr_err_name(int err)
         TR_ERRNO_MAP(TR_ERR_NAME)
 #undef TR_ERR_NAME
     default:
-        return uv_err_name(err);
+        return uv_err_name_r(err, unknown_name, sizeof(unknown_name));
     }
 }

@@ -12,6 +12,7 @@
 #include "trellis/net.h"
 
 #include <http_parser.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,7 +201,7 @@ static void status_lines_init(void)
         const char *reason = http_status_str((enum http_status)code);
         if (!strcmp(reason, "<unknown>")) reason = ""; /* the reason phrase is optional */
         int n = snprintf(status_lines[code - STATUS_MIN], sizeof(status_lines[0]),
-                         "HTTP/1.1 %d %.30s\r\n", code, reason);
+                         "HTTP/1.1 %d %.32s\r\n", code, reason);
         status_line_len[code - STATUS_MIN] = (uint8_t)n;
     }
 }
@@ -543,7 +544,7 @@ static bool follows_line_fold(conn_t *c, const char *at)
     const char *p = at;
     while (p > c->seg_start && (p[-1] == ' ' || p[-1] == '\t'))
         p--;
-    if (p > c->seg_start) return p[-1] == '\n' && p != at;
+    if (p > c->seg_start) return p[-1] == '\n'; /* the parser may report the fold's SP too */
     return c->tail_lf_ws;
 }
 
@@ -572,9 +573,16 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     req_t *r = cur(p);
     conn_t *c = r->conn;
-    if (check_header_bytes(r, n + 4)) return -1;
     /* A field right after a line break is a new one, even when the last had no value. */
     bool line_start = at > c->seg_start ? at[-1] == '\n' : c->prev_byte == '\n';
+    /* ": " and CRLF count once per field, however the name is split across reads. */
+    bool starts = r->last_cb != CB_FIELD || line_start;
+    if (check_header_bytes(r, n + (starts ? 4 : 0))) return -1;
+    /* The lenient parser lets SP into names ("Transfer-Encoding : chunked"); RFC 9112 doesn't. */
+    if (memchr(at, ' ', n))
+        return fail_cb(r, 400, "invalid-header-name", "Bad Request",
+                       "a header field name contains a space");
+    if (r->headers_done) return 0; /* chunked trailers are read and dropped */
     if (r->last_cb == CB_VALUE || (r->last_cb == CB_FIELD && line_start)) header_commit(r);
     if (r->field == NULL && r->pub.nheaders >= r->conn->srv->opts.max_headers)
         return fail_cb(r, 431, "too-many-headers", "Request Header Fields Too Large",
@@ -588,9 +596,11 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     req_t *r = cur(p);
     if (check_header_bytes(r, n)) return -1;
-    if (follows_line_fold(r->conn, at) || memchr(at, '\n', n) || memchr(at, '\r', n))
+    /* An empty value is reported at the next line's start: that is no fold. */
+    if ((n && follows_line_fold(r->conn, at)) || memchr(at, '\n', n) || memchr(at, '\r', n))
         return fail_cb(r, 400, "obs-fold", "Bad Request",
                        "header values folded over several lines (obs-fold) are not accepted");
+    if (r->headers_done) return 0; /* a trailer */
     r->value = append_piece(r, r->value, &r->value_len, at, n);
     r->last_cb = CB_VALUE;
     return 0;
@@ -924,6 +934,9 @@ static void fill_defaults(tr_http_server_options_t *o)
 
 static void init_settings(void)
 {
+    /* A peer that resets must cost an EPIPE, not the process (also for SDK users that
+     * run a server without tr_runtime_run). */
+    signal(SIGPIPE, SIG_IGN);
     metrics_init();
     status_lines_init();
     settings.on_message_begin = on_message_begin;
@@ -1029,6 +1042,8 @@ void tr_http_req_pause(tr_http_req_t *pub)
     http_parser_pause(&r->conn->parser, 1);
     uv_read_stop((uv_stream_t *)&r->conn->tcp);
     r->conn->read_stopped = true;
+    /* We stopped reading, so a quiet client isn't stalling: no body deadline until resume. */
+    if (r->conn->deadline_kind == DL_BODY) r->conn->deadline_kind = DL_NONE;
 }
 
 void tr_http_req_resume(tr_http_req_t *pub)
@@ -1038,6 +1053,8 @@ void tr_http_req_resume(tr_http_req_t *pub)
     if (!r->body_paused) return;
     r->body_paused = false;
     http_parser_pause(&c->parser, 0);
+    if (!r->msg_complete && c->deadline_kind == DL_NONE)
+        set_deadline(c, DL_BODY, c->srv->opts.body_timeout_ms);
     resume_reading(c);
     if (!c->processing) {
         conn_process(c);

@@ -14,7 +14,8 @@
 
 static int parse_port(const char *s, int *port)
 {
-    if (!*s) return TR_EPARSE;
+    /* Digits only: strtol alone would take " 80", "+80" and "-0". */
+    if (!*s || strspn(s, "0123456789") != strlen(s)) return TR_EPARSE;
     char *end;
     long v = strtol(s, &end, 10);
     if (*end || v < 0 || v > 65535) return TR_EPARSE;

@@ -91,7 +91,10 @@ static void on_wake(uv_async_t *a)
         uv_unref((uv_handle_t *)&w->grace);
         uv_unref((uv_handle_t *)&w->wake);
     }
-    if (w->rt->opts.on_stop) w->rt->opts.on_stop(w, level >= 2, w->rt->opts.data);
+    if (!w->rt->opts.on_stop) return;
+    /* Two stops can arrive as one wake-up; the graceful call still comes first. */
+    if (first && level >= 2) w->rt->opts.on_stop(w, false, w->rt->opts.data);
+    w->rt->opts.on_stop(w, level >= 2, w->rt->opts.data);
 }
 
 static void worker_main(void *arg)

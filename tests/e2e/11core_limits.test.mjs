@@ -19,6 +19,9 @@ after(async () => {
   await Promise.all([srv?.stop(), tight?.stop()]);
 });
 
+/** Slugs accepted for a header line whose name is not a token. */
+const BAD_NAME = ['invalid-header-name', 'malformed-request'];
+
 /** A request that must never be answered: its answer would prove smuggled bytes ran. */
 const CANARY = 'GET /status/299 HTTP/1.1\r\nHost: t\r\n\r\n';
 
@@ -141,19 +144,20 @@ test('smuggling: two different Content-Length values are refused', T, async () =
 });
 
 test('smuggling: invalid header-name bytes are refused', T, async () => {
-  for (const line of ['Bad Header: x', 'X\x01Y: z', 'X-A : b', '\tX-A: b', 'X-A\t: b', '(X): b', ': novalue']) {
-    await expectRejected(srv, `GET /echo HTTP/1.1\r\nHost: t\r\n${line}\r\n\r\n`, 400, 'malformed-request');
+  for (const line of ['Bad Header: x', 'X\x01Y: z', 'X-A : b', 'X-A\t: b', '(X): b', ': novalue']) {
+    await expectRejected(srv, `GET /echo HTTP/1.1\r\nHost: t\r\n${line}\r\n\r\n`, 400, BAD_NAME);
   }
 });
 
 test('smuggling: a space before the colon cannot hide Transfer-Encoding', T, async () => {
   await expectRejected(srv, 'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n',
-    400, 'malformed-request');
+    400, BAD_NAME);
 });
 
 test('smuggling: obs-fold header continuation lines are refused', T, async () => {
   await expectRejected(srv, 'GET /echo HTTP/1.1\r\nHost: t\r\nX-A: b\r\n c\r\n\r\n', 400, 'obs-fold');
   await expectRejected(srv, 'GET /echo HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\tc\r\n\r\n', 400, 'obs-fold');
+  await expectRejected(srv, 'GET /echo HTTP/1.1\r\nHost: t\r\n\tX-A: b\r\n\r\n', 400, 'obs-fold');
   // A fold that would extend Transfer-Encoding.
   await expectRejected(srv, 'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
     400, 'obs-fold');

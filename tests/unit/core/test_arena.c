@@ -60,8 +60,10 @@ static void test_growth_beyond_first_block(void **state)
         memset(many[i], i, 200);
     }
     for (int i = 0; i < 64; i++)
-        for (int j = 0; j < 200; j++) assert_int_equal(many[i][j], i);
-    for (int j = 0; j < 100; j++) assert_int_equal(first[j], 'a');
+        for (int j = 0; j < 200; j++)
+            assert_int_equal(many[i][j], i);
+    for (int j = 0; j < 100; j++)
+        assert_int_equal(first[j], 'a');
     tr_arena_reset(&a);
     /* Reset keeps the caller's block and starts it over. */
     char *again = tr_arena_alloc(&a, 100);
@@ -114,7 +116,8 @@ static void test_strings(void **state)
     longer[sizeof(longer) - 1] = '\0';
     assert_string_equal(tr_arena_printf(&a, "%s!", longer) + 2990, "qqqqqqqqq!");
     char *z = tr_arena_calloc(&a, 256);
-    for (int i = 0; i < 256; i++) assert_int_equal(z[i], 0);
+    for (int i = 0; i < 256; i++)
+        assert_int_equal(z[i], 0);
     tr_arena_destroy(&a);
 }
 

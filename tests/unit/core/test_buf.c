@@ -125,8 +125,8 @@ static void test_cstr(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_append), cmocka_unit_test(test_reserve),
-        cmocka_unit_test(test_printf), cmocka_unit_test(test_u64),
+        cmocka_unit_test(test_append),  cmocka_unit_test(test_reserve),
+        cmocka_unit_test(test_printf),  cmocka_unit_test(test_u64),
         cmocka_unit_test(test_consume), cmocka_unit_test(test_cstr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +72,8 @@ static void on_deadline(uv_timer_t *t)
     do {                                                                                           \
         (f)->timed_out = false;                                                                    \
         uv_timer_start(&(f)->deadline, on_deadline, WAIT_MS, 0);                                   \
-        while (!(cond) && !(f)->timed_out) uv_run(&(f)->loop, UV_RUN_ONCE);                        \
+        while (!(cond) && !(f)->timed_out)                                                         \
+            uv_run(&(f)->loop, UV_RUN_ONCE);                                                       \
         uv_timer_stop(&(f)->deadline);                                                             \
         if ((f)->timed_out) fail_msg("timed out waiting for: %s", #cond);                          \
     } while (0)
@@ -267,7 +269,7 @@ static void client_sends(client_t *c, const char *s)
 /* Writes `step` bytes at a time, letting the server read each piece before the next. */
 static void client_send_split(client_t *c, const char *data, size_t len, size_t step)
 {
-    for (size_t off = 0; off < len; off += step) {
+    for (size_t off = 0; off < len && !c->closing; off += step) {
         size_t n = len - off < step ? len - off : step;
         uv_buf_t b = uv_buf_init((char *)data + off, (unsigned)n);
         assert_int_equal(uv_try_write((uv_stream_t *)&c->tcp, &b, 1), (int)n);
@@ -298,10 +300,20 @@ static bool ends_with(const client_t *c, const char *s)
     return c->in.len >= n && !memcmp(c->in.data + c->in.len - n, s, n);
 }
 
+/* Status lines, not mentions of "HTTP/1.1 " inside a body. */
+static size_t count_status_lines(const char *s)
+{
+    size_t n = strncmp(s, "HTTP/1.1 ", 9) == 0;
+    for (const char *p = strstr(s, "\nHTTP/1.1 "); p; p = strstr(p + 1, "\nHTTP/1.1 "))
+        n++;
+    return n;
+}
+
 static size_t count_str(const char *hay, const char *needle)
 {
     size_t n = 0;
-    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle)) n++;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
     return n;
 }
 
@@ -353,7 +365,8 @@ static void fx_finish(fx_t *f)
 {
     uv_timer_stop(&f->timer);
     if (f->srv && !f->srv_done) tr_http_server_close(f->srv, true, on_server_done, f);
-    for (int i = 0; i < MAX_CLIENT; i++) client_close(&f->c[i]);
+    for (int i = 0; i < MAX_CLIENT; i++)
+        client_close(&f->c[i]);
     RUN_UNTIL(f, f->srv_done && clients_closed(f));
     uv_close((uv_handle_t *)&f->deadline, NULL);
     uv_close((uv_handle_t *)&f->sleep, NULL);
@@ -378,8 +391,9 @@ static void test_simple_get(void **state)
     fx_t *f = fx_start(NULL, h_hello);
     client_t *c = client_open(f, 0);
     client_sends(c, "GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: example\r\n\r\n");
-    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
-    assert_int_equal(count_str(c->in.data, "\r\nDate: "), 1);
+    expect_response(
+        c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+    assert_int_equal(count_str(tr_buf_cstr(&c->in), "\r\nDate: "), 1);
     assert_int_equal(f->nreq, 1);
     assert_string_equal(f->method, "GET");
     assert_string_equal(f->path, "/a/b");
@@ -395,7 +409,8 @@ static void test_simple_get(void **state)
     assert_int_equal(tr_http_server_connections(f->srv), 1);
     tr_buf_reset(&c->in);
     client_sends(c, GET("/again"));
-    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+    expect_response(
+        c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
     assert_string_equal(f->path, "/again");
     assert_string_equal(f->query, "");
     fx_finish(f);
@@ -411,8 +426,9 @@ static void test_http10(void **state)
     tr_buf_reset(&c->in);
     client_sends(c, "GET / HTTP/1.0\r\n\r\n");
     RUN_UNTIL(f, c->eof);
-    assert_string_equal(resp(c), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-                                 "Connection: close\r\n\r\nhello");
+    assert_string_equal(resp(c),
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                        "Connection: close\r\n\r\nhello");
     fx_finish(f);
 }
 
@@ -535,9 +551,57 @@ static void test_headers_split_every_way(void **state)
     fx_finish(f);
 }
 
+#define NMANY 20
+
+static void h_check_many(fx_t *f, tr_http_req_t *req)
+{
+    /* Checked here, not through record(): these outgrow its copies. */
+    assert_int_equal(req->nheaders, NMANY + 1);
+    for (int i = 0; i < NMANY; i++) {
+        const tr_http_header_t *h = &req->headers[i + 1];
+        char name[16];
+        snprintf(name, sizeof(name), "X-H%d", i);
+        assert_int_equal(h->name_len, strlen(name));
+        assert_string_equal(h->name, name);
+        assert_int_equal(h->value_len, 200);
+        for (int j = 0; j < 200; j++)
+            assert_int_equal(h->value[j], 'a' + (i + j) % 26);
+        assert_int_equal(h->value[200], '\0');
+    }
+    f->step++;
+    h_hello(f, req);
+}
+
+static void test_many_headers_split(void **state)
+{
+    /* ~4.5 KiB of headers: the request's arena outgrows its first block mid-header. */
+    tr_buf_t req = TR_BUF_INIT;
+    tr_buf_append_str(&req, "GET / HTTP/1.1\r\nHost: a\r\n");
+    for (int i = 0; i < NMANY; i++) {
+        tr_buf_printf(&req, "X-H%d: ", i);
+        for (int j = 0; j < 200; j++)
+            tr_buf_append(&req, &(char){(char)('a' + (i + j) % 26)}, 1);
+        tr_buf_append_str(&req, "\r\n");
+    }
+    tr_buf_append_str(&req, "\r\n");
+    static const size_t steps[] = {1, 7, 4096};
+    fx_t *f = fx_start(NULL, h_check_many);
+    client_t *c = client_open(f, 0);
+    for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+        tr_buf_reset(&c->in);
+        client_send_split(c, req.data, req.len, steps[s]);
+        expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                           "\r\nhello");
+        assert_int_equal(f->step, (int)s + 1);
+    }
+    tr_buf_free(&req);
+    fx_finish(f);
+}
+
 static void test_empty_value_not_merged(void **state)
 {
-    static const char req[] = "GET / HTTP/1.1\r\nX-Empty:\r\nHost: a\r\nX-Blank: \r\nX-Last: z\r\n\r\n";
+    static const char req[] =
+        "GET / HTTP/1.1\r\nX-Empty:\r\nHost: a\r\nX-Blank: \r\nX-Last: z\r\n\r\n";
     /* Split points right around the empty value: after ':', after '\r', after '\n'. */
     static const size_t cuts[] = {0, 24, 25, 26, 27, 28, 43, 44, 45, 46};
     fx_t *f = fx_start(NULL, h_hello);
@@ -565,7 +629,8 @@ static void end_check_headers(tr_http_req_t *req)
     fx_t *f = req->data;
     /* Headers must still describe the request as the handler first saw it. */
     assert_int_equal(req->nheaders, 2);
-    for (size_t i = 0; i < req->nheaders; i++) assert_non_null(req->headers[i].name);
+    for (size_t i = 0; i < req->nheaders; i++)
+        assert_non_null(req->headers[i].name);
     assert_string_equal(tr_http_req_header(req, "host"), "a");
     end_echo_body(req);
     (void)f;
@@ -629,13 +694,14 @@ static void test_body_pause_resume(void **state)
     fx_t *f = fx_start(&o, h_pause);
     client_t *c = client_open(f, 0);
     char *body = malloc(LEN);
-    for (int i = 0; i < LEN; i++) body[i] = (char)('a' + (i * 7) % 26);
+    for (int i = 0; i < LEN; i++)
+        body[i] = (char)('a' + (i * 7) % 26);
     char head[128];
     snprintf(head, sizeof(head), "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", LEN);
     client_sends(c, head);
     client_send(c, body, LEN);
     RUN_UNTIL(f, f->nend == 1 || c->eof);
-    assert_false(c->eof);
+    if (c->eof) fail_msg("closed during the pause: %s", resp(c));
     assert_false(f->body_while_paused);
     assert_true(f->step > 1);
     assert_int_equal(f->body.len, LEN);
@@ -659,15 +725,18 @@ static void test_expect_continue(void **state)
 {
     fx_t *f = fx_start(NULL, h_expect);
     client_t *c = client_open(f, 0);
-    client_sends(c, "POST /yes HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    client_sends(
+        c, "POST /yes HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     expect_response(c, "HTTP/1.1 100 Continue\r\n\r\n");
     assert_true(f->expect_continue);
     assert_int_equal(f->content_length, 5);
     client_sends(c, "hello");
-    expect_response(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    expect_response(
+        c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
     /* A final answer before the body: no 100, and the connection closes after it. */
     tr_buf_reset(&c->in);
-    client_sends(c, "POST /no HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    client_sends(
+        c, "POST /no HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     RUN_UNTIL(f, c->eof);
     assert_string_equal(resp(c), "HTTP/1.1 417 Expectation Failed\r\nContent-Length: 2\r\n"
                                  "Connection: close\r\n\r\nno");
@@ -689,7 +758,8 @@ static void test_head_has_no_body(void **state)
 {
     fx_t *f = fx_start(NULL, h_head);
     client_t *c = client_open(f, 0);
-    client_sends(c, "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nHEAD /s HTTP/1.1\r\nHost: a\r\n\r\n" GET("/g"));
+    client_sends(
+        c, "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nHEAD /s HTTP/1.1\r\nHost: a\r\n\r\n" GET("/g"));
     expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
@@ -814,7 +884,7 @@ static void expect_rejected(fx_t *f, int ci, const reject_case_t *rc)
         fail_msg("request %s\nwanted %s\ngot %s", rc->request, rc->status_line, r);
     assert_non_null(strstr(r, "\r\nContent-Type: application/problem+json\r\n"));
     assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
-    assert_int_equal(count_str(r, "HTTP/1.1 "), 1); /* nothing smuggled behind it is answered */
+    assert_int_equal(count_status_lines(r), 1); /* nothing smuggled behind it is answered */
     if (rc->slug) {
         char type[128];
         snprintf(type, sizeof(type), "\"type\":\"https://trellis.dev/problems/%s\"", rc->slug);
@@ -841,13 +911,16 @@ static void test_limits(void **state)
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n",
          "HTTP/1.1 413 Payload Too Large\r\n", "body-too-large", 0},
     };
-    tr_http_server_options_t o = {.max_header_bytes = 200, .max_headers = 4,
-                                  .max_uri_bytes = 32, .max_body_bytes = 16};
+    tr_http_server_options_t o = {
+        .max_header_bytes = 200, .max_headers = 4, .max_uri_bytes = 32, .max_body_bytes = 16};
     fx_t *f = fx_start(&o, h_body);
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) expect_rejected(f, 0, &cases[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_rejected(f, 0, &cases[i]);
     /* Exactly at each limit is fine. */
     client_t *c = client_open(f, 1);
-    client_sends(c, "POST /" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" " HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\n"
+    client_sends(c, "POST /"
+                    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                    " HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\n"
                     "Content-Length: 16\r\n\r\n0123456789abcdef");
     expect_response(c, "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n0123456789abcdef");
     assert_int_equal(f->nhdrs, 4);
@@ -878,7 +951,8 @@ static void test_limits_independent_of_split(void **state)
     fx_t *f = fx_start(&o, h_hello);
     client_t *c = client_open(f, 0);
     client_send_split(c, req, sizeof(req) - 1, 1);
-    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+    expect_response(
+        c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
     fx_finish(f);
 }
 
@@ -895,8 +969,13 @@ static void test_smuggling(void **state)
          "HTTP/1.1 400 Bad Request\r\n", NULL, 0},
         {"GET / HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n",
          NULL, 0},
-        {"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n", NULL,
-         0},
+        {"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n",
+         "invalid-header-name", 0},
+        /* SP before the colon: a front end that trims it would see a different framing */
+        {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+         "HTTP/1.1 400 Bad Request\r\n", "invalid-header-name", 0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 4\r\n\r\nabcd",
+         "HTTP/1.1 400 Bad Request\r\n", "invalid-header-name", 0},
         {"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n",
          "obs-fold", 0},
         {"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n",
@@ -913,10 +992,13 @@ static void test_smuggling(void **state)
         {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n", "missing-host", 0},
         {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400 Bad Request\r\n",
          "duplicate-host", 0},
-        {"GET / HTTP/1.1\r\nHost: a\r\n\r\n" "GARBAGE\r\n\r\n", "HTTP/1.1 200 OK", NULL, 0},
+        {"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+         "GARBAGE\r\n\r\n",
+         "HTTP/1.1 200 OK", NULL, 0},
     };
     fx_t *f = fx_start(NULL, h_hello);
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) - 1; i++) expect_rejected(f, 0, &cases[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) - 1; i++)
+        expect_rejected(f, 0, &cases[i]);
     /* A good request followed by garbage: the first is answered, then the 400 closes. */
     client_t *c = client_open(f, 1);
     client_sends(c, cases[sizeof(cases) / sizeof(cases[0]) - 1].request);
@@ -988,7 +1070,8 @@ static void test_idle_timeout(void **state)
     fx_t *f = fx_start(&o, h_hello);
     client_t *c = client_open(f, 0);
     client_sends(c, GET("/"));
-    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+    expect_response(
+        c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
     uint64_t t0 = uv_now(&f->loop);
     RUN_UNTIL(f, c->eof);
     uint64_t took = uv_now(&f->loop) - t0;
@@ -1098,7 +1181,8 @@ static void test_graceful_close(void **state)
     assert_false(f->srv_done);
     answer_held(f);
     RUN_UNTIL(f, busy->eof);
-    assert_string_equal(resp(busy), "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone");
+    assert_string_equal(resp(busy),
+                        "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone");
     RUN_UNTIL(f, f->srv_done);
     assert_int_equal(f->nabort, 0);
     /* New connections are refused once the listener is closed. */
@@ -1145,12 +1229,14 @@ static void test_start_errors(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as tr_runtime_run does: writes to reset peers return EPIPE */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_simple_get),
         cmocka_unit_test(test_http10),
         cmocka_unit_test(test_pipelined_in_order),
         cmocka_unit_test(test_streamed_chunked_response),
         cmocka_unit_test(test_headers_split_every_way),
+        cmocka_unit_test(test_many_headers_split),
         cmocka_unit_test(test_empty_value_not_merged),
         cmocka_unit_test(test_chunked_request_body),
         cmocka_unit_test(test_body_pause_resume),

@@ -104,7 +104,8 @@ static int open_fds(void)
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;
     int n = 0;
-    while (readdir(d)) n++;
+    while (readdir(d))
+        n++;
     closedir(d);
     return n;
 }
@@ -128,13 +129,15 @@ static void test_listen_shares_port(void **state)
     for (int i = 0; i < 3; i++) {
         assert_true(fds[i] >= 0);
         assert_int_equal(port_of(fds[i]), port);
-        for (int j = 0; j < i; j++) assert_int_not_equal(fds[i], fds[j]);
+        for (int j = 0; j < i; j++)
+            assert_int_not_equal(fds[i], fds[j]);
     }
     /* Each socket really listens: a connect succeeds. */
     int cfd = socket(AF_INET, SOCK_STREAM, 0);
     assert_int_equal(connect(cfd, (struct sockaddr *)&bound, sizeof(struct sockaddr_in)), 0);
     close(cfd);
-    for (int i = 0; i < 3; i++) close(fds[i]);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
 }
 
 static void test_listen_ipv6(void **state)
@@ -179,9 +182,9 @@ static void test_listen_conflict(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_good),       cmocka_unit_test(test_parse_bad),
-        cmocka_unit_test(test_format),           cmocka_unit_test(test_listen_shares_port),
-        cmocka_unit_test(test_listen_ipv6),      cmocka_unit_test(test_listen_conflict),
+        cmocka_unit_test(test_parse_good),  cmocka_unit_test(test_parse_bad),
+        cmocka_unit_test(test_format),      cmocka_unit_test(test_listen_shares_port),
+        cmocka_unit_test(test_listen_ipv6), cmocka_unit_test(test_listen_conflict),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -15,7 +16,7 @@
 #define MAX_WORKERS 4
 
 typedef struct worker_state_s {
-    uv_timer_t stopper; /* asks the runtime to stop */
+    uv_timer_t stopper;  /* asks the runtime to stop */
     uv_timer_t stubborn; /* ignores a graceful stop */
     bool stubborn_open;
     uint64_t graceful_at, forced_at;
@@ -26,17 +27,22 @@ typedef struct shared_s {
     atomic_int ids_seen; /* bit per worker id */
     int fail_id;         /* worker whose start fails, or -1 */
     bool stubborn;       /* keep a handle open until forced */
+    bool same_time;      /* every worker's timer stops the runtime at once */
+    bool stop_twice;     /* stop with SIGTERM, and again: the second skips the grace */
     worker_state_t ws[MAX_WORKERS];
 } shared_t;
 
 static void on_stopper(uv_timer_t *t)
 {
+    shared_t *sh = t->data;
+    if (sh->stop_twice) {
+        kill(getpid(), SIGTERM); /* the second comes once this one is seen */
+        return;
+    }
     tr_runtime_stop(); /* from a worker thread */
 }
 
-static void on_stubborn(uv_timer_t *t)
-{
-}
+static void on_stubborn(uv_timer_t *t) {}
 
 static void on_closed(uv_handle_t *h)
 {
@@ -56,7 +62,8 @@ static int on_start(tr_worker_t *w, void *data)
     uv_loop_t *loop = tr_worker_loop(w);
     uv_timer_init(loop, &ws->stopper);
     ws->stopper.data = sh;
-    uv_timer_start(&ws->stopper, on_stopper, 10, 0);
+    /* Staggered: the first stop closes the later timers before they fire (one stop only). */
+    uv_timer_start(&ws->stopper, on_stopper, sh->same_time ? 10 : 10 + 1000 * (uint64_t)id, 0);
     if (sh->stubborn) {
         uv_timer_init(loop, &ws->stubborn);
         ws->stubborn.data = sh;
@@ -76,6 +83,7 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
     if (!force) {
         atomic_fetch_add(&sh->graceful, 1);
         ws->graceful_at = now;
+        if (sh->stop_twice && tr_worker_id(w) == 0) kill(getpid(), SIGTERM);
         if (!uv_is_closing((uv_handle_t *)&ws->stopper))
             uv_close((uv_handle_t *)&ws->stopper, on_closed);
         return;
@@ -90,9 +98,11 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
 
 static int run(shared_t *sh, int workers, uint64_t grace_ms)
 {
-    tr_runtime_options_t o = {
-        .workers = workers, .grace_ms = grace_ms, .on_start = on_start, .on_stop = on_stop,
-        .data = sh};
+    tr_runtime_options_t o = {.workers = workers,
+                              .grace_ms = grace_ms,
+                              .on_start = on_start,
+                              .on_stop = on_stop,
+                              .data = sh};
     alarm(10); /* a hang kills the test instead of stalling the suite */
     int err = tr_runtime_run(&o);
     alarm(0);
@@ -138,6 +148,36 @@ static void test_force_after_grace(void **state)
     free(sh);
 }
 
+static void test_second_stop_skips_grace(void **state)
+{
+    shared_t *sh = calloc(1, sizeof(*sh));
+    sh->fail_id = -1;
+    sh->stubborn = true;
+    sh->stop_twice = true;
+    assert_int_equal(run(sh, 2, 5000), 0);
+    assert_int_equal(atomic_load(&sh->graceful), 2); /* still told gracefully first */
+    assert_int_equal(atomic_load(&sh->forced), 2);
+    assert_int_equal(atomic_load(&sh->closed), 4);
+    for (int i = 0; i < 2; i++)
+        assert_true(sh->ws[i].forced_at - sh->ws[i].graceful_at < 1000);
+    free(sh);
+}
+
+static void test_concurrent_stops(void **state)
+{
+    /* Stops from both workers at once may escalate to forced, but each worker is still told
+     * gracefully first (the contract its stop callback is written against). */
+    for (int i = 0; i < 20; i++) {
+        shared_t *sh = calloc(1, sizeof(*sh));
+        sh->fail_id = -1;
+        sh->same_time = true;
+        assert_int_equal(run(sh, 2, 5000), 0);
+        assert_int_equal(atomic_load(&sh->graceful), 2);
+        assert_int_equal(atomic_load(&sh->closed), 2);
+        free(sh);
+    }
+}
+
 static void test_cpu_count(void **state)
 {
     assert_true(tr_cpu_count() >= 1);
@@ -146,10 +186,9 @@ static void test_cpu_count(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stop_from_worker),
-        cmocka_unit_test(test_start_error),
-        cmocka_unit_test(test_force_after_grace),
-        cmocka_unit_test(test_cpu_count),
+        cmocka_unit_test(test_stop_from_worker),  cmocka_unit_test(test_start_error),
+        cmocka_unit_test(test_force_after_grace), cmocka_unit_test(test_second_stop_skips_grace),
+        cmocka_unit_test(test_concurrent_stops),  cmocka_unit_test(test_cpu_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
