@@ -41,6 +41,6 @@ if [ "${1:-}" != "--no-npm" ] && [ -f tests/e2e/package.json ]; then
   stamp=tests/e2e/node_modules/.deps-stamp
   if [ ! -f "$stamp" ] || [ tests/e2e/package-lock.json -nt "$stamp" ]; then
     (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-    touch "$stamp"
+    mkdir -p tests/e2e/node_modules && touch "$stamp"
   fi
 fi
