@@ -261,7 +261,12 @@ static void on_write(uv_write_t *w, int status)
 static void conn_flush(conn_t *c)
 {
     c->dirty = false;
-    if (c->closing || c->wreq || c->out.len == 0) return;
+    if (c->closing || c->wreq) return;
+    if (c->out.len == 0) {
+        /* Nothing to send, but what follows a flush (close, drain) must still happen. */
+        conn_after_write(c);
+        return;
+    }
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
     int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (n == (int)c->out.len) {
@@ -837,11 +842,18 @@ static void conn_process(conn_t *c)
     c->processing = false;
     if (c->closing) return;
     release_rbuf_if_idle(c);
-    if (c->eof && !c->req && c->rpos == c->rlen) {
-        /* The client half-closed and everything it asked is answered. */
-        c->close_after = true;
-        c->dirty = true;
-        return;
+    if (c->eof && c->rpos == c->rlen) {
+        if (c->req && !c->req->msg_complete) {
+            /* The client half-closed in the middle of a request: it can never complete. */
+            conn_close(c);
+            return;
+        }
+        if (!c->req) {
+            /* The client half-closed and everything it asked is answered. */
+            c->close_after = true;
+            c->dirty = true;
+            return;
+        }
     }
     if (!c->req || !c->req->body_paused) resume_reading(c);
 }

@@ -466,6 +466,35 @@ static void test_pipelined_in_order(void **state)
 
 /* ---- streamed responses */
 
+static void end_held(fx_t *f)
+{
+    tr_http_req_t *req = f->held;
+    f->held = NULL;
+    tr_http_res_end(req); /* adds no bytes: the body went out with the write */
+}
+
+static void h_length_then_end_later(fx_t *f, tr_http_req_t *req)
+{
+    tr_http_res_header(req, "Content-Length", "4");
+    tr_http_res_start(req, 200);
+    tr_http_res_write(req, "abcd", 4);
+    f->held = req;
+    fx_tick_in(f, 20, end_held);
+}
+
+/* A response that ends with nothing left to send must still honour Connection: close
+ * (found by fuzz_http_request: the close waited for a write that never came). */
+static void test_close_after_empty_final_flush(void **state)
+{
+    fx_t *f = fx_start(NULL, h_length_then_end_later);
+    client_t *c = client_open(f, 0);
+    client_sends(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    RUN_UNTIL(f, c->eof);
+    assert_string_equal(resp(c),
+                        "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd");
+    fx_finish(f);
+}
+
 static void stream_step(fx_t *f)
 {
     tr_http_req_t *req = f->held;
@@ -1234,6 +1263,7 @@ int main(void)
         cmocka_unit_test(test_simple_get),
         cmocka_unit_test(test_http10),
         cmocka_unit_test(test_pipelined_in_order),
+        cmocka_unit_test(test_close_after_empty_final_flush),
         cmocka_unit_test(test_streamed_chunked_response),
         cmocka_unit_test(test_headers_split_every_way),
         cmocka_unit_test(test_many_headers_split),
