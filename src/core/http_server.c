@@ -71,7 +71,7 @@ struct conn_s {
     uint64_t deadline;
     uint8_t deadline_kind;
     bool processing, read_stopped, eof, closing, close_after, lingering, dirty;
-    bool tail_lf_ws, any_bytes, want_drain;
+    bool tail_lf_ws, any_bytes, want_drain, shutting;
     char prev_byte;
 };
 
@@ -300,7 +300,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
 {
     conn_t *c = sr->data;
     free(sr);
-    if (status < 0 || c->closing) {
+    if (status < 0 || c->closing || c->eof) {
         conn_close(c);
         return;
     }
@@ -311,8 +311,14 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
     resume_reading(c);
 }
 
+/*
+ * Closing always goes through shutdown's callback, so a close never happens inside the
+ * handler call (tr_http_res_send…) that finished the response.
+ */
 static void conn_shutdown(conn_t *c)
 {
+    if (c->shutting) return;
+    c->shutting = true;
     uv_shutdown_t *sr = tr_malloc(sizeof(*sr));
     sr->data = c;
     if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
@@ -755,10 +761,12 @@ static void req_finish(req_t *r)
         return;
     }
     set_deadline(c, DL_IDLE, c->srv->opts.idle_timeout_ms);
-    if (!c->processing) {
-        conn_process(c);
-        conn_flush(c);
+    if (c->processing) {
+        c->dirty = true; /* the read that is being processed flushes at its end */
+        return;
     }
+    conn_process(c);
+    conn_flush(c);
 }
 
 /* ---- reading */
@@ -786,11 +794,28 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(cap - c->rlen));
 }
 
+static bool has_transfer_encoding(const req_t *r)
+{
+    for (size_t i = 0; i < r->pub.nheaders; i++)
+        if (name_is(&r->hdrs[i], "transfer-encoding", 17)) return true;
+    return r->field && r->field_len == 17 && !strncasecmp(r->field, "transfer-encoding", 17);
+}
+
 static void parse_error(conn_t *c, enum http_errno e)
 {
     req_t *r = c->req;
     if (r && r->fail_status) {
         conn_fail(c, r->fail_status, r->fail_slug, r->fail_title, r->fail_detail);
+        return;
+    }
+    if (e == HPE_UNEXPECTED_CONTENT_LENGTH) {
+        /* http-parser refuses these framing conflicts before our own check sees them. */
+        if (r && has_transfer_encoding(r))
+            conn_fail(c, 400, "content-length-with-transfer-encoding", "Bad Request",
+                      "a request must not carry both Content-Length and Transfer-Encoding");
+        else
+            conn_fail(c, 400, "conflicting-content-length", "Bad Request",
+                      "the request has more than one Content-Length header");
         return;
     }
     char detail[160];
@@ -811,8 +836,12 @@ static bool tail_is_lf_ws(const char *start, const char *end)
 static void conn_process(conn_t *c)
 {
     c->processing = true;
-    while (!c->closing && !c->close_after && c->rpos < c->rlen) {
+    while (!c->closing && c->rpos < c->rlen) {
         req_t *r = c->req;
+        if (!r && c->close_after) {
+            c->rpos = c->rlen; /* nothing after a closing request is served */
+            break;
+        }
         if (r && (r->msg_complete || r->body_paused)) break;
         const char *seg = c->rbuf + c->rpos;
         size_t avail = c->rlen - c->rpos;
@@ -1134,7 +1163,7 @@ bool tr_http_res_started(const tr_http_req_t *pub)
 
 static bool status_has_body(int status)
 {
-    return !(status < 200 || status == 204 || status == 304);
+    return !(status < 200 || status == 204 || status == 205 || status == 304);
 }
 
 #define LIT(p, s) put((p), (s), sizeof(s) - 1)
@@ -1177,6 +1206,8 @@ static void write_head(req_t *r, int status, const char *content_type, size_t ex
         } else {
             c->close_after = true; /* HTTP/1.0 without length: the close delimits the body */
         }
+    } else if (status == 205) {
+        p = LIT(p, "Content-Length: 0\r\n"); /* 205 has no content, but is not self-delimiting */
     }
     if (c->close_after)
         p = LIT(p, "Connection: close\r\n");
@@ -1198,8 +1229,11 @@ static void res_complete(req_t *r)
     conn_t *c = r->conn;
     r->res_done = true;
     if (!r->msg_complete && r->want_body && r->pub.expect_continue) c->close_after = true;
+    if (r->msg_complete) {
+        req_finish(r); /* releases the request first, then flushes */
+        return;
+    }
     mark_dirty(c);
-    if (r->msg_complete) req_finish(r);
 }
 
 void tr_http_res_send(tr_http_req_t *pub, int status, const char *content_type, const void *body,

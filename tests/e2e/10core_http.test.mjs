@@ -90,7 +90,7 @@ test('pipelining: 100 requests in one write get 100 answers in order', T, async 
     if (i % 2) {
       const code = 200 + (i % 50);
       assert.equal(res[i].status, code, `response ${i}`);
-      if (code !== 204) assert.deepEqual(JSON.parse(res[i].body), { status: code }, `response ${i}`);
+      if (code !== 204 && code !== 205) assert.deepEqual(JSON.parse(res[i].body), { status: code }, `response ${i}`);
       else assert.equal(res[i].body, '');
     } else {
       assert.equal(res[i].status, 200, `response ${i}`);
@@ -101,7 +101,7 @@ test('pipelining: 100 requests in one write get 100 answers in order', T, async 
   assert.equal(res[100].body, 'hello\n');
 });
 
-test('pipelining: requests split at every byte boundary are still answered in order', T, async () => {
+test('pipelining: requests split into 7-byte writes are still answered in order', T, async () => {
   const reqs = get('/echo?a=1') + 'POST /echo?b=2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz' + get('/status/202', 'Connection: close\r\n');
   const pieces = [];
   for (let i = 0; i < reqs.length; i += 7) pieces.push(reqs.slice(i, i + 7));
@@ -406,7 +406,7 @@ test('/status/204 and /status/304 carry no body, and the connection stays in syn
   assert.equal(res[2].body, 'hello\n');
 });
 
-test('/status/205 (Reset Content) carries no content (RFC 9110 §15.3.6)', T, async () => {
+test('/status/205 (Reset Content) carries no content (RFC 9110 §15.3.6)', { ...T }, async () => {
   const wire = get('/status/205') + get('/', 'Connection: close\r\n');
   const res = parseAll(await rawRequest(srv.port, wire));
   assert.deepEqual(res.map((r) => r.status), [205, 200]);
@@ -477,7 +477,7 @@ test('each request on a keep-alive connection is independent of the previous one
 // Bodies and answers larger than one socket read / the output high-water mark, on
 // connections that close after the answer (Connection: close, HTTP/1.0).
 
-test('Connection: close with the body in a later packet: the body is read and answered', T, async () => {
+test('Connection: close with the body in a later packet: the body is read and answered', { ...T }, async () => {
   const head = 'POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5\r\n\r\n';
   const { data, closed } = await rawExchange(srv.port, [head, 'hello'], { gap: 100, timeout: ms(3000) });
   assert.equal(closed, true, 'closed after the answer');
@@ -486,7 +486,7 @@ test('Connection: close with the body in a later packet: the body is read and an
   assert.equal(JSON.parse(res[0].body).body, 'hello');
 });
 
-test('HTTP/1.0 POST with the body in a later packet is read and answered', T, async () => {
+test('HTTP/1.0 POST with the body in a later packet is read and answered', { ...T }, async () => {
   const head = 'POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\n';
   const { data, closed } = await rawExchange(srv.port, [head, 'hello'], { gap: 100, timeout: ms(3000) });
   assert.equal(closed, true);
@@ -495,7 +495,7 @@ test('HTTP/1.0 POST with the body in a later packet is read and answered', T, as
   assert.equal(JSON.parse(res[0].body).body, 'hello');
 });
 
-test('Connection: close with a 200 KiB chunked body (larger than one read) is answered', T, async () => {
+test('Connection: close with a 200 KiB chunked body (larger than one read) is answered', { ...T }, async () => {
   const body = 'z'.repeat(200 * 1024);
   const wire = 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n' +
     body.length.toString(16) + '\r\n' + body + '\r\n0\r\n\r\n';
@@ -506,7 +506,7 @@ test('Connection: close with a 200 KiB chunked body (larger than one read) is an
   assert.equal(JSON.parse(res[0].body).body_bytes, body.length);
 });
 
-test('node http.request with agent:false (Connection: close) POSTing 1 MiB gets its answer', T, async () => {
+test('node http.request with agent:false (Connection: close) POSTing 1 MiB gets its answer', { ...T }, async () => {
   const body = Buffer.alloc(1024 * 1024, 'k');
   const res = await httpGet(srv.port, '/echo', { method: 'POST', body, agent: false });
   assert.equal(res.status, 200);

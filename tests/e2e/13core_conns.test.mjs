@@ -27,6 +27,7 @@ const skip = limit < NEED
 function openServed(port, state) {
   return new Promise((resolve, reject) => {
     const s = net.connect({ host: '127.0.0.1', port });
+    state.all?.push(s);
     let buf = '';
     let served = false;
     s.setNoDelay(true);
@@ -50,7 +51,7 @@ function openServed(port, state) {
 test(`${N} concurrent idle keep-alive connections stay open and cost little memory`, { skip, timeout: ms(120000) }, async (t) => {
   const srv = await startEcho(['--workers', '2', '--idle-timeout', '300s', '--header-timeout', '60s']);
   const socks = [];
-  const state = { closed: 0, errors: 0 };
+  const state = { closed: 0, errors: 0, all: [] };
   try {
     // Warm up both workers' pools and the allocator with a few connections first.
     const warm = await Promise.all(Array.from({ length: 20 }, () => openServed(srv.port, { closed: 0, errors: 0 })));
@@ -85,8 +86,8 @@ test(`${N} concurrent idle keep-alive connections stay open and cost little memo
       `${(rss1 / 1048576).toFixed(1)} MiB: ${Math.round(per)} bytes per connection`);
     if (!SANITIZED) assert.ok(per < 8192, `${Math.round(per)} bytes of RSS per idle connection (limit 8 KiB)`);
   } finally {
-    for (const s of socks) s.destroy();
-    if (socks.length) await sleep(300);
+    for (const s of state.all) s.destroy();
+    if (state.all.length) await sleep(300);
     await srv.stop();
   }
 });

@@ -134,6 +134,7 @@ export function sampleRss(pid, every = 200) {
       samples++;
     } catch { /* process gone */ }
   }, every);
+  timer.unref(); // never keeps a test file alive on its own
   return {
     stop() {
       clearInterval(timer);
