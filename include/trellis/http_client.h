@@ -153,12 +153,4 @@ bool tr_http_client_request_sent(const tr_http_client_req_t *req);
 
 void *tr_http_client_req_data(const tr_http_client_req_t *req);
 
-/*
- * Internal, for the fuzz target only (not part of the SDK): parses `data` as a server's
- * response through the client's own parser, split into reads of `chunk` bytes (0 = one
- * read), then EOF. flags: 1 = the request was HEAD, 2 = buffer the body like fetch.
- * Returns what on_complete would get.
- */
-int tr__http_client_parse_test(const char *data, size_t len, size_t chunk, unsigned flags);
-
 #endif

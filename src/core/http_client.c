@@ -1,5 +1,6 @@
 /* HTTP/1.1 client: keep-alive pools per endpoint, deadlines, streaming, typed errors. */
 #include "trellis/http_client.h"
+#include "core/http_client_internal.h"
 
 #include "core/buf.h"
 #include "core/mem.h"

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "trellis/http_client.h"
+#include "core/http_client_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -14,6 +14,7 @@
 
 #include "core/buf.h"
 #include "trellis/http_client.h"
+#include "core/http_client_internal.h"
 
 /* ---- the test server: parses requests, answers according to `mode` ---- */
 
