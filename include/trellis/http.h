@@ -97,6 +97,15 @@ size_t tr_http_server_connections(const tr_http_server_t *srv);
 
 /* Case-insensitive header lookup; returns the first value or NULL. */
 const char *tr_http_req_header(const tr_http_req_t *req, const char *name);
+/*
+ * Looks up query parameter `name` (exact, case-sensitive). Returns true when present; then
+ * *value is its percent-decoded value ("" for a bare `?name` or `name=`), NUL-terminated
+ * and living as long as the request. `value` may be NULL to test presence only.
+ */
+bool tr_http_query_param(tr_http_req_t *req, const char *name, const char **value);
+/* Percent-decodes src[0..len) into dst (at least len+1 bytes); '+' stays '+'. Returns the
+ * decoded length, or -1 for a malformed escape. */
+long tr_http_percent_decode(char *dst, const char *src, size_t len);
 /* Memory that lives as long as the request; aborts on out-of-memory. */
 void *tr_http_req_alloc(tr_http_req_t *req, size_t n);
 /* Stop / start receiving the request body (backpressure towards the client). */

@@ -901,7 +901,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         c->eof = true;
         uv_read_stop(st);
         bool pending = c->req || c->rpos < c->rlen || c->wreq || c->out.len;
-        if (nread != UV_EOF || c->lingering || !pending || (c->req && !c->req->msg_complete)) {
+        /* As nginx does, a client that closes while a handler holds its request
+         * asynchronously (a blocking query, a proxied call) has gone: abort the work. */
+        bool held = c->req && !c->req->res_done && c->req->pub.on_abort;
+        if (nread != UV_EOF || c->lingering || !pending || held ||
+            (c->req && !c->req->msg_complete)) {
             conn_close(c);
             return;
         }
