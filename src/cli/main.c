@@ -11,7 +11,7 @@ typedef struct command_s {
 
 static const command_t commands[] = {
     {"echo", tr_cmd_echo, "run an httpbin-like HTTP service (tests, benchmarks, demos)"},
-    {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API: KV, status)"},
+    {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
     {"version", tr_cmd_version, "print the version"},
 };
 

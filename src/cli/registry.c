@@ -73,7 +73,7 @@ static void usage(FILE *out)
             "Usage: trellis registry [options]\n\n"
             "The service registry, speaking Consul's HTTP API so Consul clients work "
             "unchanged.\n"
-            "Serves today: /v1/kv (with blocking queries), /v1/status, /v1/agent/self.\n\n"
+            "Serves: /v1/agent, /v1/catalog, /v1/health, /v1/kv (blocking queries), /v1/status.\n\n"
             "Options:\n"
             "  -l, --listen ADDR        address of the HTTP API (default " REGISTRY_DEFAULT_LISTEN
             ")\n"

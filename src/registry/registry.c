@@ -3,6 +3,7 @@
 
 #include "core/buf.h"
 #include "core/mem.h"
+#include "registry/catalog.h"
 #include "registry/kv.h"
 #include "registry/store.h"
 #include "trellis/error.h"
@@ -26,6 +27,7 @@
 struct tr_registry_s {
     tr_store_t *store;
     tr_kv_t *kv;
+    tr_catalog_t *cat;
     char *node, *datacenter, *address;
     char node_id[37];
     bool closing;
@@ -107,6 +109,11 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
     reg->node = tr_strdup(o->node ? o->node : host);
     reg->datacenter = tr_strdup(o->datacenter ? o->datacenter : "dc1");
     reg->address = tr_strdup(o->address ? o->address : "127.0.0.1");
+    tr_catalog_node_t node = {reg->node, reg->node_id, reg->address, reg->datacenter};
+    if ((rc = tr_catalog_open(loop, reg->store, &node, &reg->cat, err, errlen))) {
+        tr_registry_close(reg);
+        return rc;
+    }
     *out = reg;
     return 0;
 }
@@ -116,6 +123,8 @@ void tr_registry_shutdown(tr_registry_t *reg)
     reg->closing = true;
     if (reg->kv) tr_kv_close(reg->kv);
     reg->kv = NULL;
+    if (reg->cat) tr_catalog_close(reg->cat);
+    reg->cat = NULL;
 }
 
 void tr_registry_close(tr_registry_t *reg)
@@ -230,6 +239,7 @@ void tr_registry_handle(tr_http_req_t *req, void *data)
     if (path_is(req, "/v1/status/leader") && only_get(req)) return do_status(reg, req, false);
     if (path_is(req, "/v1/status/peers") && only_get(req)) return do_status(reg, req, true);
     if (path_is(req, "/v1/agent/self") && only_get(req)) return do_agent_self(reg, req);
+    if (!tr_http_res_started(req) && tr_catalog_handle(reg->cat, req)) return;
     if (tr_http_res_started(req)) return;
     tr_http_res_problem(req, 404, "not-found", "Not Found",
                         "trellis registry has no endpoint %.200s; see docs/registry.md for the "

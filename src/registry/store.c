@@ -26,6 +26,13 @@ static const char *const migrations[] = {
     " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,"
     " lock_index INTEGER NOT NULL DEFAULT 0, session TEXT NULL);"
     "CREATE TABLE kv_tombstones (key TEXT PRIMARY KEY, idx INTEGER NOT NULL);",
+    /* 2: catalog services, their checks (with last status) and per-service tombstones. */
+    "CREATE TABLE catalog_services (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+    " body TEXT NOT NULL, create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);"
+    "CREATE TABLE catalog_checks (id TEXT PRIMARY KEY, service_id TEXT NULL,"
+    " body TEXT NOT NULL, status TEXT NOT NULL, output TEXT NOT NULL,"
+    " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);"
+    "CREATE TABLE catalog_tombstones (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

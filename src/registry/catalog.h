@@ -1,0 +1,38 @@
+/* Services, checks and nodes: Consul's /v1/agent, /v1/catalog and /v1/health endpoints. */
+#ifndef TR_REGISTRY_CATALOG_H
+#define TR_REGISTRY_CATALOG_H
+
+#include "registry/store.h"
+#include "trellis/http.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct tr_catalog_s tr_catalog_t;
+
+/* This agent's node, reported in every answer. Strings are copied. */
+typedef struct tr_catalog_node_s {
+    const char *name;
+    const char *id; /* UUID */
+    const char *address;
+    const char *datacenter;
+} tr_catalog_node_t;
+
+/*
+ * Loads services and checks from the store and starts health checking (its own thread).
+ * The store outlives the catalog.
+ */
+int tr_catalog_open(uv_loop_t *loop, tr_store_t *store, const tr_catalog_node_t *node,
+                    tr_catalog_t **out, char *err, size_t errlen);
+
+/*
+ * Serves the request when its path belongs to the catalog (/v1/agent/service…,
+ * /v1/agent/services, /v1/agent/check…, /v1/agent/checks, /v1/catalog/…, /v1/health/…)
+ * and returns true; returns false without answering otherwise.
+ */
+bool tr_catalog_handle(tr_catalog_t *cat, tr_http_req_t *req);
+
+/* Answers blocked watchers, stops health checking and frees the catalog. */
+void tr_catalog_close(tr_catalog_t *cat);
+
+#endif
