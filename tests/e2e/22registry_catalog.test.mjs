@@ -182,6 +182,33 @@ describe('registry services, checks, catalog and health', () => {
     assert.equal(cat.length, 1, `one instance after re-register: ${JSON.stringify(cat)}`);
   });
 
+  test('Checks: embedded IDs service:<id>:1, :2; explicit CheckID, Name, Notes and initial Status are kept', { timeout: ms(10000) }, async () => {
+    await a.register({
+      Name: 'multi', ID: 'multi-1', Port: echo.port,
+      Checks: [
+        { TTL: '30s', Notes: 'heartbeat' },
+        { TCP: `127.0.0.1:${echo.port}`, Interval: '1s' },
+        { CheckID: 'multi-custom', Name: 'custom name', TTL: '30s', Status: 'passing' },
+      ],
+    });
+    const checks = await a.agentChecks();
+    const mine = Object.keys(checks).filter((k) => checks[k].ServiceID === 'multi-1').sort();
+    assert.deepEqual(mine, ['multi-custom', 'service:multi-1:1', 'service:multi-1:2']);
+    assert.equal(checks['service:multi-1:1'].Type, 'ttl');
+    assert.equal(checks['service:multi-1:1'].Notes, 'heartbeat');
+    assert.equal(checks['service:multi-1:1'].Name, "Service 'multi' check");
+    assert.equal(checks['service:multi-1:2'].Type, 'tcp');
+    assert.equal(checks['multi-custom'].Name, 'custom name');
+    assert.equal(checks['multi-custom'].Status, 'passing', 'Status sets the initial state');
+    // All checks must pass for ?passing: the first TTL check is still critical.
+    await a.waitCheck('service:multi-1:2', (c) => c.Status === 'passing', 'TCP check passing', ms(3000));
+    assert.deepEqual(await a.health('multi', '?passing'), []);
+    await a.ttl('pass', 'service:multi-1:1');
+    const p = await a.health('multi', '?passing');
+    assert.equal(p.length, 1);
+    assert.deepEqual(p[0].Checks.map((c) => c.CheckID).sort(), ['multi-custom', 'serfHealth', 'service:multi-1:1', 'service:multi-1:2']);
+  });
+
   test('GET /v1/catalog/services and /v1/catalog/service/:name (?tag=)', { timeout: ms(10000) }, async () => {
     await a.register({ Name: 'cat', ID: 'cat-1', Tags: ['a', 'b'], Address: '10.0.1.1', Port: 7001, Meta: { zone: 'z1' } });
     await a.register({ Name: 'cat', ID: 'cat-2', Tags: ['b', 'c'], Port: 7002, Weights: { Passing: 5, Warning: 2 } });
