@@ -64,7 +64,18 @@ typedef struct tomb_s {
     struct tomb_s *next;
 } tomb_t;
 
+/*
+ * A node registered through /v1/catalog/register rather than this agent. `doc` is
+ * {ID, Address, Meta, Services: {id: AgentService}, Checks: {id: HealthCheck}}, as stored.
+ */
+typedef struct xnode_s {
+    char *name;
+    json_t *doc;
+    struct xnode_s *next;
+} xnode_t;
+
 typedef enum {
+    Q_HEALTH_NODE,
     Q_CAT_SERVICES,
     Q_CAT_SERVICE,
     Q_CAT_NODES,
@@ -100,6 +111,8 @@ struct tr_catalog_s {
     service_t *services;
     check_t *checks;
     tomb_t *tombs;
+    xnode_t *xnodes;
+    service_t consul; /* the "consul" service a Consul server has in the catalog */
     watcher_t *watchers;
     tr_checker_t *checker;
     uv_timer_t *sweep;
@@ -469,6 +482,126 @@ static json_t *health_entry(const tr_catalog_t *cat, const service_t *s, bool pa
                      service_json(cat, s, true), "Checks", checks);
 }
 
+/* ---- rendering nodes registered through the catalog */
+
+static xnode_t *find_xnode(const tr_catalog_t *cat, const char *name)
+{
+    for (xnode_t *n = cat->xnodes; n; n = n->next)
+        if (!strcmp(n->name, name)) return n;
+    return NULL;
+}
+
+static json_t *xnode_json(const tr_catalog_t *cat, const xnode_t *n)
+{
+    const char *addr = dstr(n->doc, "Address");
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:O, s:I, s:I}", "ID", dstr(n->doc, "ID"),
+                     "Node", n->name, "Address", addr, "Datacenter", cat->dc, "TaggedAddresses",
+                     "lan", addr, "wan", addr, "Meta", json_object_get(n->doc, "Meta"),
+                     "CreateIndex", (json_int_t)dint(n->doc, "CreateIndex"), "ModifyIndex",
+                     (json_int_t)dint(n->doc, "ModifyIndex"));
+}
+
+static json_t *xservice_catalog_json(const tr_catalog_t *cat, const xnode_t *n, json_t *d)
+{
+    const char *addr = dstr(n->doc, "Address");
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:O, s:O, s:O, s:O, s:O, s:O, s:O, "
+        "s:O, s:O, s:O, s:O}",
+        "ID", dstr(n->doc, "ID"), "Node", n->name, "Address", addr, "Datacenter", cat->dc,
+        "TaggedAddresses", "lan", addr, "wan", addr, "NodeMeta", json_object_get(n->doc, "Meta"),
+        "ServiceID", json_object_get(d, "ID"), "ServiceName", json_object_get(d, "Service"),
+        "ServiceTags", json_object_get(d, "Tags"), "ServiceAddress", json_object_get(d, "Address"),
+        "ServicePort", json_object_get(d, "Port"), "ServiceMeta", json_object_get(d, "Meta"),
+        "ServiceWeights", json_object_get(d, "Weights"), "ServiceEnableTagOverride",
+        json_object_get(d, "EnableTagOverride"), "CreateIndex", json_object_get(d, "CreateIndex"),
+        "ModifyIndex", json_object_get(d, "ModifyIndex"));
+}
+
+static bool def_has_tags(json_t *def, const query_t *q)
+{
+    for (size_t i = 0; i < q->ntags; i++) {
+        bool found = false;
+        size_t j;
+        json_t *v;
+        json_array_foreach(json_object_get(def, "Tags"), j, v) found |=
+            !strcmp(json_string_value(v), q->tags[i]);
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* Adds a service's tags to /v1/catalog/services' answer, each once. */
+static void merge_tags(json_t *out, const char *name, json_t *def)
+{
+    json_t *tags = json_object_get(out, name);
+    if (!tags) json_object_set_new(out, name, tags = json_array());
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(def, "Tags"), i, t)
+    {
+        bool seen = false;
+        size_t j;
+        json_t *u;
+        json_array_foreach(tags, j, u) seen |= json_equal(t, u);
+        if (!seen) json_array_append(tags, t);
+    }
+}
+
+/* A catalog node's health entry for service `d`; NULL when ?passing drops it. */
+static json_t *xhealth_entry(const tr_catalog_t *cat, const xnode_t *n, json_t *d, bool passing)
+{
+    json_t *checks = json_array(), *c;
+    const char *id = dstr(d, "ID"), *key;
+    json_object_foreach(json_object_get(n->doc, "Checks"), key, c)
+    {
+        const char *sid = dstr(c, "ServiceID");
+        if (*sid && strcmp(sid, id) != 0) continue;
+        if (passing && strcmp(dstr(c, "Status"), "passing") != 0) {
+            json_decref(checks);
+            return NULL;
+        }
+        json_array_append(checks, c);
+    }
+    return json_pack("{s:o, s:O, s:o}", "Node", xnode_json(cat, n), "Service", d, "Checks", checks);
+}
+
+/* The catalog nodes' part of a read's answer. */
+static void build_xnodes(const tr_catalog_t *cat, const query_t *q, json_t *out)
+{
+    for (xnode_t *n = cat->xnodes; n; n = n->next) {
+        const char *key;
+        json_t *d;
+        if (q->kind == Q_CAT_NODES) json_array_append_new(out, xnode_json(cat, n));
+        json_object_foreach(json_object_get(n->doc, "Services"), key, d)
+        {
+            if (q->kind == Q_CAT_SERVICES) merge_tags(out, dstr(d, "Service"), d);
+            if (!query_scope(q) || strcmp(dstr(d, "Service"), q->name) != 0 || !def_has_tags(d, q))
+                continue;
+            if (q->kind == Q_CAT_SERVICE)
+                json_array_append_new(out, xservice_catalog_json(cat, n, d));
+            json_t *e = q->kind == Q_HEALTH_SERVICE ? xhealth_entry(cat, n, d, q->passing) : NULL;
+            if (e) json_array_append_new(out, e);
+        }
+        json_object_foreach(json_object_get(n->doc, "Checks"), key, d)
+        {
+            int st = parse_status(dstr(d, "Status"));
+            bool add = (q->kind == Q_HEALTH_STATE && (q->state < 0 || st == q->state)) ||
+                       (q->kind == Q_HEALTH_NODE && !strcmp(q->name, n->name)) ||
+                       (q->kind == Q_HEALTH_CHECKS && !strcmp(dstr(d, "ServiceName"), q->name));
+            if (add) json_array_append(out, d);
+        }
+    }
+}
+
+/* The answer of /v1/catalog/node/<name> for a catalog node; NULL when there is none. */
+static json_t *build_xnode(const tr_catalog_t *cat, const char *name)
+{
+    xnode_t *n = find_xnode(cat, name);
+    if (!n) return NULL;
+    return json_pack("{s:o, s:O}", "Node", xnode_json(cat, n), "Services",
+                     json_object_get(n->doc, "Services"));
+}
+
 /* Builds a read's answer; NULL for Consul's `null` (an unknown node). */
 static json_t *build(const tr_catalog_t *cat, const query_t *q)
 {
@@ -477,31 +610,21 @@ static json_t *build(const tr_catalog_t *cat, const query_t *q)
     if (q->kind == Q_CAT_NODE) {
         if (strcmp(q->name, cat->node) != 0) {
             json_decref(out);
-            return NULL;
+            return build_xnode(cat, q->name);
         }
         json_t *svcs = json_object();
+        json_object_set_new(svcs, cat->consul.id, service_json(cat, &cat->consul, false));
         for (service_t *s = cat->services; s; s = s->next)
             json_object_set_new(svcs, s->id, service_json(cat, s, false));
         json_object_set_new(out, "Node", node_json(cat));
         json_object_set_new(out, "Services", svcs);
     }
-    if (q->kind == Q_HEALTH_STATE && (q->state < 0 || q->state == TR_CHECK_PASSING))
+    bool self = q->kind == Q_HEALTH_NODE && !strcmp(q->name, cat->node);
+    if ((q->kind == Q_HEALTH_STATE && (q->state < 0 || q->state == TR_CHECK_PASSING)) || self)
         json_array_append_new(out, serf_json(cat));
-    for (service_t *s = cat->services; s; s = s->next) {
-        if (q->kind == Q_CAT_SERVICES) {
-            json_t *tags = json_object_get(out, s->name);
-            if (!tags) json_object_set_new(out, s->name, tags = json_array());
-            size_t i;
-            json_t *t;
-            json_array_foreach(json_object_get(s->def, "Tags"), i, t)
-            {
-                bool seen = false;
-                size_t j;
-                json_t *u;
-                json_array_foreach(tags, j, u) seen |= json_equal(t, u);
-                if (!seen) json_array_append(tags, t);
-            }
-        }
+    /* The server's own "consul" service is in the catalog, not among the agent's services. */
+    for (const service_t *s = &cat->consul; s; s = s == &cat->consul ? cat->services : s->next) {
+        if (q->kind == Q_CAT_SERVICES) merge_tags(out, s->name, s->def);
         if (!query_scope(q) || strcmp(s->name, q->name) != 0 || !has_tags(s, q)) continue;
         if (q->kind == Q_CAT_SERVICE) json_array_append_new(out, catalog_service_json(cat, s));
         if (q->kind == Q_HEALTH_SERVICE) {
@@ -510,12 +633,13 @@ static json_t *build(const tr_catalog_t *cat, const query_t *q)
         }
     }
     for (check_t *c = cat->checks; c; c = c->next) {
-        if (q->kind == Q_HEALTH_STATE && (q->state < 0 || (int)c->status == q->state))
+        if ((q->kind == Q_HEALTH_STATE && (q->state < 0 || (int)c->status == q->state)) || self)
             json_array_append_new(out, check_json(cat, c));
         if (q->kind == Q_HEALTH_CHECKS && c->service_id &&
             !strcmp(check_service_name(cat, c), q->name))
             json_array_append_new(out, check_json(cat, c));
     }
+    build_xnodes(cat, q, out);
     return out;
 }
 
@@ -1346,6 +1470,261 @@ static void do_update_check(tr_catalog_t *cat, tr_http_req_t *req, json_t *body,
     ttl_update(cat, req, id, st, output);
 }
 
+/* ---- /v1/catalog/register and /deregister: nodes other than this agent */
+
+static void xnode_free(xnode_t *n)
+{
+    if (!n) return;
+    free(n->name);
+    json_decref(n->doc);
+    free(n);
+}
+
+/* Normalises a registration's Service into an AgentService (with indexes); NULL on error. */
+static json_t *xparse_service(json_t *o, uint64_t idx, json_t *old, perr_t *e)
+{
+    if (!json_is_object(o)) {
+        fail(e, "%s must be an object", "Service");
+        return NULL;
+    }
+    json_t *copy = json_copy(o);
+    if (!jget(copy, "Name") && jget(copy, "Service"))
+        json_object_set(copy, "Name", jget(copy, "Service"));
+    service_t *sv = parse_service(copy, e);
+    json_decref(copy);
+    if (!sv) return NULL;
+    json_t *d = json_incref(sv->def);
+    service_free(sv);
+    json_t *was = old ? json_object_get(old, "CreateIndex") : NULL;
+    json_object_set_new(d, "CreateIndex", was ? json_incref(was) : json_integer((json_int_t)idx));
+    json_object_set_new(d, "ModifyIndex", json_integer((json_int_t)idx));
+    return d;
+}
+
+/* Normalises a registration's Check into a HealthCheck of node `n`; NULL on error. */
+static json_t *xparse_check(json_t *o, const char *node, json_t *services, uint64_t idx, perr_t *e)
+{
+    const char *id, *name, *status, *notes, *output, *sid;
+    if (!json_is_object(o)) {
+        fail(e, "%s must be an object", "Check");
+        return NULL;
+    }
+    if (!get_str(o, "CheckID", &id, e) || !get_str(o, "Name", &name, e) ||
+        !get_str(o, "Status", &status, e) || !get_str(o, "Notes", &notes, e) ||
+        !get_str(o, "Output", &output, e) || !get_str(o, "ServiceID", &sid, e))
+        return NULL;
+    if (!id || !*id) id = name;
+    if (!id || !*id) {
+        fail(e, "the check needs a %s (or a Name)", "CheckID");
+        return NULL;
+    }
+    /* Like Consul, a check registered without a status starts critical. */
+    if (status && *status && parse_status(status) < 0) {
+        fail(e, "%s must be one of passing, warning or critical", "Status");
+        return NULL;
+    }
+    json_t *sv = sid && *sid ? json_object_get(services, sid) : NULL;
+    if (sid && *sid && !sv) {
+        fail(e,
+             "the check's ServiceID \"%s\" is not a service of this node; register the "
+             "service first",
+             sid);
+        return NULL;
+    }
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:{}, s:I, s:I}", "Node",
+                     node, "CheckID", id, "Name", name ? name : id, "Status",
+                     status && *status ? status : "critical", "Notes", notes ? notes : "", "Output",
+                     output ? output : "", "ServiceID", sv ? sid : "", "ServiceName",
+                     sv ? dstr(sv, "Service") : "", "ServiceTags",
+                     sv ? json_incref(json_object_get(sv, "Tags")) : json_array(), "Type", "",
+                     "Definition", "CreateIndex", (json_int_t)idx, "ModifyIndex", (json_int_t)idx);
+}
+
+/* Applies a registration to `doc` (a copy of the node's); false with e set on bad input. */
+static bool xapply_register(json_t *doc, json_t *body, const char *node, uint64_t idx, perr_t *e)
+{
+    const char *addr, *id;
+    json_t *meta = jget(body, "NodeMeta"), *svc = jget(body, "Service"),
+           *many = jget(body, "Checks");
+    if (!get_str(body, "Address", &addr, e) || !get_str(body, "ID", &id, e)) return false;
+    if (!addr || !*addr) return fail(e, "missing node %s", "Address");
+    if (meta && !valid_string_map(meta, false))
+        return fail(e, "%s must be an object of strings", "NodeMeta");
+    json_object_set_new(doc, "Address", json_string(addr));
+    if (id) json_object_set_new(doc, "ID", json_string(id));
+    if (meta) json_object_set(doc, "Meta", meta);
+    json_object_set_new(doc, "ModifyIndex", json_integer((json_int_t)idx));
+    json_t *services = json_object_get(doc, "Services"), *checks = json_object_get(doc, "Checks");
+    if (svc && json_object_size(svc)) {
+        const char *sid = dstr(svc, "ID");
+        json_t *d = xparse_service(svc, idx,
+                                   json_object_get(services, *sid ? sid : dstr(svc, "Service")), e);
+        if (!d) return false;
+        json_object_set_new(services, dstr(d, "ID"), d);
+    }
+    if (many && !json_is_array(many)) return fail(e, "%s must be an array of checks", "Checks");
+    json_t *all = json_array();
+    json_t *one = jget(body, "Check"), *c;
+    size_t i;
+    if (one && json_object_size(one)) json_array_append(all, one);
+    if (many) json_array_extend(all, many);
+    json_array_foreach(all, i, c)
+    {
+        json_t *hc = xparse_check(c, node, services, idx, e);
+        if (!hc) {
+            json_decref(all);
+            return false;
+        }
+        json_t *was = json_object_get(json_object_get(checks, dstr(hc, "CheckID")), "CreateIndex");
+        if (was) json_object_set(hc, "CreateIndex", was);
+        json_object_set_new(checks, dstr(hc, "CheckID"), hc);
+    }
+    json_decref(all);
+    return true;
+}
+
+/* Persists the node's new document (NULL: deletes the node) and a node-wide tombstone. */
+static int xnode_persist(tr_catalog_t *cat, const char *name, json_t *doc, uint64_t idx)
+{
+    if (!doc) {
+        if (db_exec_id(cat, "DELETE FROM catalog_nodes WHERE name = ?1", name) < 0) return TR_EIO;
+    } else {
+        sqlite3_stmt *s = tr_store_stmt(cat->store, "INSERT OR REPLACE INTO catalog_nodes (name,"
+                                                    " body, create_index, modify_index)"
+                                                    " VALUES (?1, ?2, ?3, ?4)");
+        if (!s) return TR_EIO;
+        sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, json_dumps(doc, JSON_COMPACT), -1, free);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)dint(doc, "CreateIndex"));
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)idx);
+        if (step_done(s) < 0) return TR_EIO;
+    }
+    /* A catalog node's change can touch any answer: record it as a node-level tombstone. */
+    return db_tomb(cat, "", idx);
+}
+
+/* Swaps in the node's committed document (NULL: removed) and wakes watchers. */
+static void xnode_commit(tr_catalog_t *cat, tr_http_req_t *req, const char *name, json_t *doc,
+                         uint64_t idx)
+{
+    xnode_t **pp = &cat->xnodes;
+    while (*pp && strcmp((*pp)->name, name) != 0)
+        pp = &(*pp)->next;
+    if (doc && !*pp) {
+        *pp = tr_calloc(1, sizeof(**pp));
+        (*pp)->name = tr_strdup(name);
+    }
+    if (doc) {
+        json_decref((*pp)->doc);
+        (*pp)->doc = doc;
+    } else if (*pp) {
+        xnode_t *gone = *pp;
+        *pp = gone->next;
+        xnode_free(gone);
+    }
+    set_tomb(cat, "", idx);
+    tr_http_res_send(req, 200, "application/json", "true", 4);
+    notify(cat, NULL);
+}
+
+static bool xnode_target(tr_catalog_t *cat, tr_http_req_t *req, json_t *body, const char **node)
+{
+    perr_t e = {""};
+    if (!get_str(body, "Node", node, &e) || !*node || !**node) {
+        bad_request(req, e.msg[0] ? e.msg : "missing Node: name the node to (de)register");
+        return false;
+    }
+    if (!strcmp(*node, cat->node)) {
+        bad_request(req, "this node is the agent itself; register its services and checks with "
+                         "/v1/agent/service/register and /v1/agent/check/register");
+        return false;
+    }
+    return true;
+}
+
+static void do_catalog_register(tr_catalog_t *cat, tr_http_req_t *req, json_t *body,
+                                const char *arg)
+{
+    (void)arg;
+    const char *node;
+    perr_t e = {""};
+    uint64_t idx;
+    if (!xnode_target(cat, req, body, &node)) return;
+    xnode_t *old = find_xnode(cat, node);
+    if (tr_store_begin(cat->store, &idx) < 0) {
+        store_failed(cat, req, "catalog register");
+        return;
+    }
+    json_t *doc = old ? json_deep_copy(old->doc)
+                      : json_pack("{s:s, s:s, s:{}, s:{}, s:{}, s:I}", "ID", "", "Address", "",
+                                  "Meta", "Services", "Checks", "CreateIndex", (json_int_t)idx);
+    if (!xapply_register(doc, body, node, idx, &e)) {
+        tr_store_rollback(cat->store);
+        json_decref(doc);
+        bad_request(req, e.msg);
+        return;
+    }
+    if (xnode_persist(cat, node, doc, idx) < 0 || tr_store_commit(cat->store) < 0) {
+        json_decref(doc);
+        store_failed(cat, req, "catalog register");
+        return;
+    }
+    xnode_commit(cat, req, node, doc, idx);
+}
+
+/* Removes the service (and its checks) or the check from doc; the whole node when neither. */
+static json_t *xapply_deregister(json_t *doc, json_t *body)
+{
+    const char *sid = json_string_value(jget(body, "ServiceID"));
+    const char *cid = json_string_value(jget(body, "CheckID"));
+    /* Clients send "" for the field they leave out. */
+    if (sid && !*sid) sid = NULL;
+    if (cid && !*cid) cid = NULL;
+    if (!sid && !cid) {
+        json_decref(doc);
+        return NULL;
+    }
+    json_t *checks = json_object_get(doc, "Checks"), *c;
+    const char *key;
+    void *tmp;
+    if (sid) {
+        json_object_del(json_object_get(doc, "Services"), sid);
+        json_object_foreach_safe(checks, tmp, key, c)
+        {
+            if (!strcmp(dstr(c, "ServiceID"), sid)) json_object_del(checks, key);
+        }
+    }
+    if (cid) json_object_del(checks, cid);
+    return doc;
+}
+
+static void do_catalog_deregister(tr_catalog_t *cat, tr_http_req_t *req, json_t *body,
+                                  const char *arg)
+{
+    (void)arg;
+    const char *node;
+    uint64_t idx;
+    if (!xnode_target(cat, req, body, &node)) return;
+    xnode_t *old = find_xnode(cat, node);
+    if (!old) { /* Consul answers true for what is already gone. */
+        tr_http_res_send(req, 200, "application/json", "true", 4);
+        return;
+    }
+    json_t *doc = xapply_deregister(json_deep_copy(old->doc), body);
+    if (tr_store_begin(cat->store, &idx) < 0) {
+        json_decref(doc);
+        store_failed(cat, req, "catalog deregister");
+        return;
+    }
+    if (doc) json_object_set_new(doc, "ModifyIndex", json_integer((json_int_t)idx));
+    if (xnode_persist(cat, node, doc, idx) < 0 || tr_store_commit(cat->store) < 0) {
+        json_decref(doc);
+        store_failed(cat, req, "catalog deregister");
+        return;
+    }
+    xnode_commit(cat, req, node, doc, idx);
+}
+
 /* ---- bodies */
 
 static void body_finish(body_t *b)
@@ -1417,6 +1796,16 @@ static bool method_is(tr_http_req_t *req, const char *want)
     return false;
 }
 
+/*
+ * Agent writes take PUT, and GET as Consul before 1.0 did: clients of that era still
+ * shipped today (Debian's python3-consul 0.7) deregister and update TTLs with GET.
+ */
+static bool method_is_agent_write(tr_http_req_t *req)
+{
+    if (!strcmp(req->method, "GET") && !req->head) return true;
+    return method_is(req, "PUT");
+}
+
 /* If path starts with prefix, the percent-decoded rest (in request memory); else NULL. */
 static const char *tail(tr_http_req_t *req, const char *prefix)
 {
@@ -1480,6 +1869,8 @@ static bool handle_read(tr_catalog_t *cat, tr_http_req_t *req)
         q.kind = Q_CAT_NODE;
     else if ((arg = tail(req, "/v1/health/service/")))
         q.kind = Q_HEALTH_SERVICE;
+    else if ((arg = tail(req, "/v1/health/node/")))
+        q.kind = Q_HEALTH_NODE;
     else if ((arg = tail(req, "/v1/health/checks/")))
         q.kind = Q_HEALTH_CHECKS;
     else if ((arg = tail(req, "/v1/health/state/"))) {
@@ -1529,13 +1920,13 @@ static bool handle_agent_service(tr_catalog_t *cat, tr_http_req_t *req)
         if (method_is(req, "PUT")) read_body(cat, req, do_register_service, NULL, false);
     } else if ((id = tail(req, "/v1/agent/service/deregister/"))) {
         service_t *sv = find_service(cat, id);
-        if (!method_is(req, "PUT")) return true;
+        if (!method_is_agent_write(req)) return true;
         if (!sv)
             unknown(req, "service", id);
         else
             remove_service(cat, req, sv);
     } else if ((id = tail(req, "/v1/agent/service/maintenance/"))) {
-        if (method_is(req, "PUT")) handle_maintenance(cat, req, id);
+        if (method_is_agent_write(req)) handle_maintenance(cat, req, id);
     } else if ((id = tail(req, "/v1/agent/service/"))) {
         if (method_is(req, "GET")) agent_services(cat, req, id);
     } else {
@@ -1552,7 +1943,7 @@ static bool handle_agent_check(tr_catalog_t *cat, tr_http_req_t *req)
         if (method_is(req, "GET")) agent_checks(cat, req);
         return true;
     }
-    if (!strncmp(req->path, "/v1/agent/check/", 16) && !method_is(req, "PUT")) return true;
+    if (!strncmp(req->path, "/v1/agent/check/", 16) && !method_is_agent_write(req)) return true;
     if (path_is(req, "/v1/agent/check/register")) {
         read_body(cat, req, do_register_check, NULL, false);
     } else if ((id = tail(req, "/v1/agent/check/deregister/"))) {
@@ -1577,10 +1968,79 @@ static bool handle_agent_check(tr_catalog_t *cat, tr_http_req_t *req)
     return true;
 }
 
+/* ---- serf-like agent endpoints: this agent is the whole (single-node) cluster */
+
+static json_t *member_json(const tr_catalog_t *cat, bool wan)
+{
+    char name[512];
+    snprintf(name, sizeof(name), wan ? "%s.%s" : "%s", cat->node, cat->dc);
+    return json_pack("{s:s, s:s, s:i, s:{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}, s:i, "
+                     "s:i, s:i, s:i, s:i, s:i, s:i}",
+                     "Name", name, "Addr", cat->address, "Port", wan ? 8302 : 8301, "Tags", "role",
+                     "consul", "dc", cat->dc, "id", cat->node_id, "port", "8300", "build", "1.17.0",
+                     "vsn", "2", "vsn_min", "2", "vsn_max", "3", "raft_vsn", "3", "Status", 1,
+                     "ProtocolMin", 1, "ProtocolMax", 5, "ProtocolCur", 2, "DelegateMin", 2,
+                     "DelegateMax", 5, "DelegateCur", 4);
+}
+
+/* True when addr ("host" or "host:port") names this agent. */
+static bool is_self_addr(const tr_catalog_t *cat, const char *addr)
+{
+    char host[256];
+    snprintf(host, sizeof(host), "%s", addr);
+    char *colon = strrchr(host, ':');
+    if (colon && strchr(host, ':') == colon) *colon = '\0';
+    return !strcmp(host, cat->address) || !strcmp(host, cat->node) || !strcmp(host, "127.0.0.1") ||
+           !strcmp(host, "localhost") || !strcmp(host, "[::1]");
+}
+
+static bool handle_agent_serf(tr_catalog_t *cat, tr_http_req_t *req)
+{
+    const char *arg;
+    if (path_is(req, "/v1/agent/members")) {
+        if (method_is(req, "GET")) {
+            json_t *out = json_array();
+            json_array_append_new(out, member_json(cat, tr_http_query_param(req, "wan", NULL)));
+            send_json(req, out);
+        }
+    } else if ((arg = tail(req, "/v1/agent/join/"))) {
+        if (!method_is(req, "PUT")) return true;
+        if (is_self_addr(cat, arg))
+            ok(req);
+        else
+            tr_http_res_problem(req, 500, "join-failed", "Join failed",
+                                "cannot join %s: trellis registry runs as a single node and has "
+                                "no gossip pool to join",
+                                arg);
+    } else if ((arg = tail(req, "/v1/agent/force-leave/"))) {
+        /* Nothing gossips here, so there is no failed member to eject: done at once. */
+        if (method_is(req, "PUT")) ok(req);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* /v1/catalog/datacenters, /register and /deregister; false for the catalog's reads. */
+static bool handle_catalog_write(tr_catalog_t *cat, tr_http_req_t *req)
+{
+    if (path_is(req, "/v1/catalog/datacenters")) {
+        if (method_is(req, "GET")) send_json(req, json_pack("[s]", cat->dc));
+    } else if (path_is(req, "/v1/catalog/register")) {
+        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_register, NULL, false);
+    } else if (path_is(req, "/v1/catalog/deregister")) {
+        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_deregister, NULL, false);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 bool tr_catalog_handle(tr_catalog_t *cat, tr_http_req_t *req)
 {
     if (!strncmp(req->path, "/v1/agent/service", 17)) return handle_agent_service(cat, req);
     if (!strncmp(req->path, "/v1/agent/check", 15)) return handle_agent_check(cat, req);
+    if (handle_agent_serf(cat, req) || handle_catalog_write(cat, req)) return true;
     if (!strncmp(req->path, "/v1/catalog/", 12) || !strncmp(req->path, "/v1/health/", 11))
         return handle_read(cat, req);
     return false;
@@ -1676,6 +2136,18 @@ static int load(tr_catalog_t *cat)
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) return TR_EIO;
+    s = tr_store_stmt(cat->store, "SELECT name, body FROM catalog_nodes ORDER BY name DESC");
+    if (!s) return TR_EIO;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        xnode_t *n = tr_calloc(1, sizeof(*n));
+        n->name = tr_strdup((const char *)sqlite3_column_text(s, 0));
+        n->doc = column_json(s, 1);
+        if (!n->doc) n->doc = json_pack("{s:{}, s:{}}", "Services", "Checks");
+        n->next = cat->xnodes;
+        cat->xnodes = n;
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) return TR_EIO;
     s = tr_store_stmt(cat->store, "SELECT name, idx FROM catalog_tombstones");
     if (!s) return TR_EIO;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW)
@@ -1697,6 +2169,14 @@ int tr_catalog_open(uv_loop_t *loop, tr_store_t *store, const tr_catalog_node_t 
     cat->node_id = tr_strdup(node->id ? node->id : "");
     cat->address = tr_strdup(node->address ? node->address : "127.0.0.1");
     cat->dc = tr_strdup(node->datacenter ? node->datacenter : "dc1");
+    cat->consul = (service_t){.id = tr_strdup("consul"),
+                              .name = tr_strdup("consul"),
+                              .create_index = 1,
+                              .modify_index = 1};
+    cat->consul.def =
+        json_pack("{s:s, s:s, s:[], s:{}, s:i, s:s, s:{s:i, s:i}, s:b}", "ID", "consul", "Service",
+                  "consul", "Tags", "Meta", "Port", 8300, "Address", "", "Weights", "Passing", 1,
+                  "Warning", 1, "EnableTagOverride", 0);
     int rc = tr_checker_start(loop, on_check_result, cat, &cat->checker);
     if (rc < 0) {
         snprintf(err, errlen, "cannot start health checking: %s", tr_strerror(rc));
@@ -1738,12 +2218,20 @@ void tr_catalog_close(tr_catalog_t *cat)
         cat->services = s->next;
         service_free(s);
     }
+    while (cat->xnodes) {
+        xnode_t *n = cat->xnodes;
+        cat->xnodes = n->next;
+        xnode_free(n);
+    }
     while (cat->tombs) {
         tomb_t *t = cat->tombs;
         cat->tombs = t->next;
         free(t->name);
         free(t);
     }
+    free(cat->consul.id);
+    free(cat->consul.name);
+    json_decref(cat->consul.def);
     free(cat->node);
     free(cat->node_id);
     free(cat->address);

@@ -23,8 +23,15 @@ typedef struct entry_s {
     unsigned char *value; /* NULL when empty */
     size_t value_len;
     uint64_t flags, create_index, modify_index, lock_index;
-    char *session; /* NULL unless locked (sessions come in a later slice) */
+    char *session; /* NULL unless locked */
 } entry_t;
+
+/* A key that may not be acquired before `until` (uv_now ms): Consul's lock-delay, kept in
+ * memory only, as Consul does. */
+typedef struct delay_s {
+    char *key;
+    uint64_t until;
+} delay_t;
 
 /* A deleted key and the index that deleted it, so deletes advance prefix queries' index. */
 typedef struct tomb_s {
@@ -68,7 +75,12 @@ struct tr_kv_s {
     vec_t entries; /* entry_t */
     vec_t tombs;   /* tomb_t */
     watcher_t *watchers;
+    vec_t delays; /* delay_t */
+    tr_kv_session_cb session_ok;
+    void *session_data;
 };
+
+typedef enum { LOCK_NONE, LOCK_ACQUIRE, LOCK_RELEASE } lock_op_t;
 
 /* A PUT collecting its body. Lives in the request's memory; `body` is on the heap. */
 typedef struct put_s {
@@ -76,6 +88,8 @@ typedef struct put_s {
     const char *key;
     uint64_t flags, cas;
     bool has_cas, done;
+    lock_op_t lock;
+    const char *session; /* ?acquire= or ?release=; the request's memory */
     tr_buf_t body;
 } put_t;
 
@@ -470,6 +484,70 @@ static bool cas_allows(const entry_t *e, bool has_cas, uint64_t cas)
     return cas == 0 ? e == NULL : e != NULL && e->modify_index == cas;
 }
 
+/* Whether Consul's lock-delay still holds `key` back; forgets delays that have passed. */
+static bool lock_delayed(tr_kv_t *kv, const char *key)
+{
+    size_t i = vec_lower(&kv->delays, key);
+    if (i == kv->delays.n || strcmp(kv->delays.v[i]->key, key) != 0) return false;
+    delay_t *d = (delay_t *)kv->delays.v[i];
+    if (d->until > uv_now(kv->loop)) return true;
+    free(d->key);
+    free(d);
+    vec_remove_at(&kv->delays, i);
+    return false;
+}
+
+static void set_lock_delay(tr_kv_t *kv, const char *key, uint64_t until)
+{
+    size_t i = vec_lower(&kv->delays, key);
+    delay_t *d =
+        i < kv->delays.n && !strcmp(kv->delays.v[i]->key, key) ? (delay_t *)kv->delays.v[i] : NULL;
+    if (!d) {
+        d = tr_calloc(1, sizeof(*d));
+        d->key = tr_strdup(key);
+        vec_insert_at(&kv->delays, i, d);
+    }
+    d->until = until;
+}
+
+/*
+ * Consul's lock rules: acquire needs a live session, no lock-delay on the key and no other
+ * holder; release needs the caller to be the holder. A refusal answers false (or 500 for
+ * an unknown session, as Consul does) and returns false.
+ */
+static bool lock_allows(tr_kv_t *kv, tr_http_req_t *req, const put_t *p, const entry_t *old)
+{
+    const char *holder = old ? old->session : NULL;
+    if (p->lock == LOCK_ACQUIRE) {
+        if (!kv->session_ok || !kv->session_ok(kv->session_data, p->session)) {
+            tr_http_res_problem(req, 500, "invalid-session", "Invalid session",
+                                "invalid session \"%.64s\": create one with PUT "
+                                "/v1/session/create and acquire with its ID",
+                                p->session);
+            return false;
+        }
+        if (lock_delayed(kv, p->key) || (holder && strcmp(holder, p->session) != 0)) {
+            send_bool(req, false);
+            return false;
+        }
+    } else if (p->lock == LOCK_RELEASE && (!holder || strcmp(holder, p->session) != 0)) {
+        send_bool(req, false);
+        return false;
+    }
+    return true;
+}
+
+/* A new acquisition bumps LockIndex; re-acquiring by the holder only updates the value. */
+static void lock_apply(const put_t *p, const entry_t *old, entry_t *next)
+{
+    if (p->lock == LOCK_ACQUIRE) {
+        if (!old || !old->session) next->lock_index++;
+        next->session = (char *)p->session;
+    } else if (p->lock == LOCK_RELEASE) {
+        next->session = NULL;
+    }
+}
+
 /* Writes the PUT to disk, then to memory, then answers and wakes its watchers. */
 static void apply_put(put_t *p, tr_http_req_t *req)
 {
@@ -482,12 +560,15 @@ static void apply_put(put_t *p, tr_http_req_t *req)
         send_bool(req, false);
         return;
     }
+    if (!lock_allows(kv, req, p, old)) return;
     uint64_t idx;
     entry_t next = {.key = (char *)p->key,
                     .value = (unsigned char *)p->body.data,
                     .value_len = p->body.len,
                     .flags = p->flags,
-                    .lock_index = old ? old->lock_index : 0};
+                    .lock_index = old ? old->lock_index : 0,
+                    .session = old ? old->session : NULL};
+    lock_apply(p, old, &next);
     next.create_index = old ? old->create_index : 0;
     if (tr_store_begin(kv->store, &idx) < 0) {
         store_failed(kv, req, "put");
@@ -513,6 +594,11 @@ static void apply_put(put_t *p, tr_http_req_t *req)
     e->flags = next.flags;
     e->create_index = next.create_index;
     e->modify_index = idx;
+    e->lock_index = next.lock_index;
+    if (next.session != e->session) {
+        free(e->session);
+        e->session = next.session ? tr_strdup(next.session) : NULL;
+    }
     drop_tomb(kv, p->key);
     count_keys(kv);
     tr_counter_inc(m_writes);
@@ -567,6 +653,29 @@ static bool utf8_ok(const char *s)
     return j != NULL;
 }
 
+/* Reads ?acquire= / ?release=; false (400 sent) when both are given or one is empty. */
+static bool parse_lock(tr_http_req_t *req, put_t *p)
+{
+    const char *acq = NULL, *rel = NULL;
+    bool has_acq = tr_http_query_param(req, "acquire", &acq);
+    bool has_rel = tr_http_query_param(req, "release", &rel);
+    if (has_acq && has_rel) {
+        tr_http_res_problem(req, 400, "bad-query", "Conflicting flags",
+                            "acquire and release cannot be combined: send one of them");
+        return false;
+    }
+    if (!has_acq && !has_rel) return true;
+    const char *id = has_acq ? acq : rel;
+    if (!id || !id[0]) {
+        bad_query(req, has_acq ? "acquire" : "release", "",
+                  "give the session ID, such as ?acquire=<session-id>");
+        return false;
+    }
+    p->lock = has_acq ? LOCK_ACQUIRE : LOCK_RELEASE;
+    p->session = id;
+    return true;
+}
+
 static void handle_put(tr_kv_t *kv, tr_http_req_t *req, const char *key)
 {
     if (!check_key(req, key, false)) return;
@@ -575,13 +684,9 @@ static void handle_put(tr_kv_t *kv, tr_http_req_t *req, const char *key)
                             "the key is not valid UTF-8; percent-encode UTF-8 text in the path");
         return;
     }
-    if (tr_http_query_param(req, "acquire", NULL) || tr_http_query_param(req, "release", NULL)) {
-        tr_http_res_problem(req, 400, "unsupported", "Sessions not supported",
-                            "sessions are not supported yet: drop ?acquire= and ?release=");
-        return;
-    }
     put_t *p = tr_http_req_alloc(req, sizeof(*p));
     *p = (put_t){.kv = kv, .key = key, .body = TR_BUF_INIT};
+    if (!parse_lock(req, p)) return;
     bool has_flags;
     if (!query_u64(req, "flags", &has_flags, &p->flags)) return;
     if (!query_u64(req, "cas", &p->has_cas, &p->cas)) return;
@@ -826,7 +931,70 @@ void tr_kv_close(tr_kv_t *kv)
         entry_free((entry_t *)kv->entries.v[i]);
     for (size_t i = 0; i < kv->tombs.n; i++)
         tomb_free((tomb_t *)kv->tombs.v[i]);
+    for (size_t i = 0; i < kv->delays.n; i++) {
+        free(kv->delays.v[i]->key);
+        free(kv->delays.v[i]);
+    }
     free(kv->entries.v);
     free(kv->tombs.v);
+    free(kv->delays.v);
     free(kv);
+}
+
+/* ---- sessions */
+
+void tr_kv_set_session_check(tr_kv_t *kv, tr_kv_session_cb cb, void *data)
+{
+    kv->session_ok = cb;
+    kv->session_data = data;
+}
+
+int tr_kv_release_session_write(tr_kv_t *kv, const char *session, bool behavior_delete,
+                                uint64_t index)
+{
+    for (size_t i = 0; i < kv->entries.n; i++) {
+        const entry_t *e = (const entry_t *)kv->entries.v[i];
+        if (!e->session || strcmp(e->session, session) != 0) continue;
+        entry_t next = *e;
+        next.session = NULL;
+        next.modify_index = index;
+        int rc = behavior_delete ? db_delete(kv, e->key, index) : db_put(kv, &next);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+void tr_kv_release_session_apply(tr_kv_t *kv, const char *session, bool behavior_delete,
+                                 uint64_t index, uint64_t lock_delay_ms)
+{
+    char **keys = NULL;
+    size_t nkeys = 0;
+    for (size_t i = 0; i < kv->entries.n;) {
+        entry_t *e = (entry_t *)kv->entries.v[i];
+        if (!e->session || strcmp(e->session, session) != 0) {
+            i++;
+            continue;
+        }
+        keys = tr_realloc(keys, (nkeys + 1) * sizeof(*keys));
+        keys[nkeys++] = tr_strdup(e->key);
+        if (lock_delay_ms) set_lock_delay(kv, e->key, uv_now(kv->loop) + lock_delay_ms);
+        if (behavior_delete) {
+            bury(kv, i, i + 1, index); /* the next entry slides into slot i */
+            continue;
+        }
+        free(e->session);
+        e->session = NULL;
+        e->modify_index = index;
+        i++;
+    }
+    if (nkeys) {
+        count_keys(kv);
+        tr_counter_inc(m_writes);
+    }
+    /* Watchers are answered only after memory is consistent, one key at a time. */
+    for (size_t i = 0; i < nkeys; i++) {
+        notify(kv, keys[i], false);
+        free(keys[i]);
+    }
+    free(keys);
 }

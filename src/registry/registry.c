@@ -4,7 +4,9 @@
 #include "core/buf.h"
 #include "core/mem.h"
 #include "registry/catalog.h"
+#include "registry/event.h"
 #include "registry/kv.h"
+#include "registry/session.h"
 #include "registry/store.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
@@ -27,7 +29,9 @@
 struct tr_registry_s {
     tr_store_t *store;
     tr_kv_t *kv;
+    tr_session_t *sessions;
     tr_catalog_t *cat;
+    tr_event_t *events;
     char *node, *datacenter, *address;
     char node_id[37];
     bool closing;
@@ -109,11 +113,16 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
     reg->node = tr_strdup(o->node ? o->node : host);
     reg->datacenter = tr_strdup(o->datacenter ? o->datacenter : "dc1");
     reg->address = tr_strdup(o->address ? o->address : "127.0.0.1");
+    if ((rc = tr_session_open(loop, reg->store, reg->kv, reg->node, &reg->sessions, err, errlen))) {
+        tr_registry_close(reg);
+        return rc;
+    }
     tr_catalog_node_t node = {reg->node, reg->node_id, reg->address, reg->datacenter};
     if ((rc = tr_catalog_open(loop, reg->store, &node, &reg->cat, err, errlen))) {
         tr_registry_close(reg);
         return rc;
     }
+    tr_event_open(loop, &reg->events);
     *out = reg;
     return 0;
 }
@@ -121,10 +130,14 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
 void tr_registry_shutdown(tr_registry_t *reg)
 {
     reg->closing = true;
+    tr_session_close(reg->sessions); /* before the KV: it unhooks the session lookup */
+    reg->sessions = NULL;
     if (reg->kv) tr_kv_close(reg->kv);
     reg->kv = NULL;
     if (reg->cat) tr_catalog_close(reg->cat);
     reg->cat = NULL;
+    tr_event_close(reg->events);
+    reg->events = NULL;
 }
 
 void tr_registry_close(tr_registry_t *reg)
@@ -165,10 +178,10 @@ static void do_status(tr_registry_t *reg, tr_http_req_t *req, bool peers)
 static void do_agent_self(tr_registry_t *reg, tr_http_req_t *req)
 {
     json_t *config =
-        json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "Datacenter", reg->datacenter,
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "Datacenter", reg->datacenter,
                   "PrimaryDatacenter", reg->datacenter, "NodeName", reg->node, "NodeID",
-                  reg->node_id, "Revision", "trellis", "Server", 1, "Version",
-                  TR_CONSUL_COMPAT_VERSION, "TrellisVersion", TR_VERSION);
+                  reg->node_id, "AdvertiseAddr", reg->address, "Revision", "trellis", "Server", 1,
+                  "Version", TR_CONSUL_COMPAT_VERSION, "TrellisVersion", TR_VERSION);
     json_t *member = json_pack("{s:s, s:s, s:i, s:{s:s, s:s, s:s}, s:i}", "Name", reg->node, "Addr",
                                reg->address, "Port", 8301, "Tags", "dc", reg->datacenter, "role",
                                "consul", "build", TR_CONSUL_COMPAT_VERSION, "Status", 1);
@@ -236,10 +249,12 @@ void tr_registry_handle(tr_http_req_t *req, void *data)
     }
     if (path_is(req, "/metrics")) return do_metrics(req);
     if (path_starts(req, "/v1/kv/") || path_is(req, "/v1/kv")) return route_kv(reg, req);
+    if (path_starts(req, "/v1/session/")) return tr_session_handle(reg->sessions, req);
     if (path_is(req, "/v1/status/leader") && only_get(req)) return do_status(reg, req, false);
     if (path_is(req, "/v1/status/peers") && only_get(req)) return do_status(reg, req, true);
     if (path_is(req, "/v1/agent/self") && only_get(req)) return do_agent_self(reg, req);
     if (!tr_http_res_started(req) && tr_catalog_handle(reg->cat, req)) return;
+    if (!tr_http_res_started(req) && tr_event_handle(reg->events, req)) return;
     if (tr_http_res_started(req)) return;
     tr_http_res_problem(req, 404, "not-found", "Not Found",
                         "trellis registry has no endpoint %.200s; see docs/registry.md for the "

@@ -21,7 +21,9 @@
 static const char *const migrations[] = {
     /* 1: the index, KV entries and KV tombstones. */
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-    "INSERT INTO meta (key, value) VALUES ('index', 0);"
+    /* Starts at 1, the index an empty store reports, so the first write (2) is news to
+       a watcher that blocked on it. */
+    "INSERT INTO meta (key, value) VALUES ('index', 1);"
     "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB, flags INTEGER NOT NULL DEFAULT 0,"
     " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL,"
     " lock_index INTEGER NOT NULL DEFAULT 0, session TEXT NULL);"
@@ -33,6 +35,13 @@ static const char *const migrations[] = {
     " body TEXT NOT NULL, status TEXT NOT NULL, output TEXT NOT NULL,"
     " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);"
     "CREATE TABLE catalog_tombstones (name TEXT PRIMARY KEY, idx INTEGER NOT NULL);",
+    /* 3: sessions (their JSON as served) for KV locks. */
+    "CREATE TABLE sessions (id TEXT PRIMARY KEY, node TEXT NOT NULL, body TEXT NOT NULL,"
+    " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);",
+    /* 4: nodes registered through /v1/catalog/register (not this agent), with their services
+     * and checks as one JSON document. */
+    "CREATE TABLE catalog_nodes (name TEXT PRIMARY KEY, body TEXT NOT NULL,"
+    " create_index INTEGER NOT NULL, modify_index INTEGER NOT NULL);",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -898,6 +898,204 @@ static void test_http_check(void **state)
     fx_finish(f);
 }
 
+static void test_agent_members_join(void **state)
+{
+    fx_t *f = fx_start();
+    client_t *c = client_open(f, 0);
+    json_t *m = get(c, "/v1/agent/members", NULL);
+    assert_int_equal(json_array_size(m), 1);
+    json_t *me = json_array_get(m, 0);
+    assert_string_equal(jstr(me, "Name"), "node-1");
+    assert_string_equal(jstr(me, "Addr"), "127.0.0.1");
+    assert_int_equal(jint(me, "Port"), 8301);
+    assert_int_equal(jint(me, "Status"), 1);
+    assert_string_equal(jstr(json_object_get(me, "Tags"), "role"), "consul");
+    assert_string_equal(jstr(json_object_get(me, "Tags"), "dc"), "dc1");
+    json_decref(m);
+    m = get(c, "/v1/agent/members?wan=1", NULL);
+    assert_string_equal(jstr(json_array_get(m, 0), "Name"), "node-1.dc1");
+    json_decref(m);
+    json_t *dcs = get(c, "/v1/catalog/datacenters", NULL);
+    assert_int_equal(json_array_size(dcs), 1);
+    assert_string_equal(json_string_value(json_array_get(dcs, 0)), "dc1");
+    json_decref(dcs);
+
+    resp_t r = {0};
+    put_ok(c, "/v1/agent/join/127.0.0.1", NULL);
+    put_ok(c, "/v1/agent/join/127.0.0.1:8301", NULL);
+    assert_int_equal(put(c, "/v1/agent/join/10.1.2.3:8301", NULL, &r), 500);
+    assert_non_null(strstr(r.body.data, "single node"));
+    put_ok(c, "/v1/agent/force-leave/foo", NULL);
+    call(c, "GET", "/v1/agent/join/127.0.0.1", NULL, 0, &r);
+    assert_int_equal(r.status, 405);
+    call(c, "POST", "/v1/catalog/datacenters", NULL, 0, &r);
+    assert_int_equal(r.status, 405);
+    tr_buf_free(&r.body);
+    fx_finish(f);
+}
+
+static const char FOOBAR[] =
+    "{\"Datacenter\":\"dc1\",\"Node\":\"foobar\",\"Address\":\"192.168.10.10\","
+    "\"Service\":{\"ID\":\"redis1\",\"Service\":\"redis\",\"Tags\":[\"master\",\"v1\"],"
+    "\"Port\":8000},\"Check\":{\"Node\":\"foobar\",\"CheckID\":\"service:redis1\","
+    "\"Name\":\"Redis health check\",\"Status\":\"passing\",\"ServiceID\":\"redis1\"}}";
+
+/* Nodes registered through /v1/catalog/register, read back through every view. */
+static void test_catalog_register(void **state)
+{
+    fx_t *f = fx_start();
+    client_t *c = client_open(f, 0);
+    uint64_t before, idx;
+    /* A first write, so that the index visibly moves (an empty store also reports 1). */
+    put_ok(c, "/v1/catalog/register", "{\"Node\":\"other\",\"Address\":\"10.0.0.9\"}");
+    json_decref(get(c, "/v1/catalog/nodes", &before));
+    resp_t r = {0};
+    assert_int_equal(put(c, "/v1/catalog/register", FOOBAR, &r), 200);
+    assert_string_equal(r.body.data, "true");
+    tr_buf_free(&r.body);
+
+    json_t *node = get(c, "/v1/catalog/node/foobar", &idx);
+    assert_true(idx > before);
+    assert_string_equal(jstr(json_object_get(node, "Node"), "Address"), "192.168.10.10");
+    json_t *svc = json_object_get(json_object_get(node, "Services"), "redis1");
+    assert_non_null(svc);
+    assert_string_equal(jstr(svc, "Service"), "redis");
+    assert_int_equal(jint(svc, "Port"), 8000);
+    json_decref(node);
+
+    json_t *hc = get(c, "/v1/health/node/foobar", NULL);
+    assert_int_equal(json_array_size(hc), 1);
+    assert_string_equal(jstr(json_array_get(hc, 0), "CheckID"), "service:redis1");
+    assert_string_equal(jstr(json_array_get(hc, 0), "Status"), "passing");
+    assert_string_equal(jstr(json_array_get(hc, 0), "ServiceName"), "redis");
+    json_decref(hc);
+    hc = get(c, "/v1/health/node/node-1", NULL);
+    assert_string_equal(jstr(json_array_get(hc, 0), "CheckID"), "serfHealth");
+    json_decref(hc);
+    hc = get(c, "/v1/health/node/nobody", NULL);
+    assert_int_equal(json_array_size(hc), 0);
+    json_decref(hc);
+
+    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    assert_int_equal(json_array_size(nodes), 3);
+    json_decref(nodes);
+    json_t *all = get(c, "/v1/catalog/services", NULL);
+    assert_int_equal(json_array_size(json_object_get(all, "redis")), 2);
+    assert_non_null(json_object_get(all, "consul")); /* the server's own service */
+    json_decref(all);
+    json_t *list = get(c, "/v1/catalog/service/redis?tag=master", NULL);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(jstr(json_array_get(list, 0), "Node"), "foobar");
+    assert_int_equal(jint(json_array_get(list, 0), "ServicePort"), 8000);
+    json_decref(list);
+    list = get(c, "/v1/catalog/service/redis?tag=nope", NULL);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    list = get(c, "/v1/catalog/service/consul", NULL);
+    assert_int_equal(json_array_size(list), 1);
+    json_decref(list);
+    list = get(c, "/v1/health/service/redis?passing", NULL);
+    assert_int_equal(json_array_size(list), 1);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(list, 0), "Checks")), 1);
+    json_decref(list);
+    list = get(c, "/v1/health/checks/redis", NULL);
+    assert_int_equal(json_array_size(list), 1);
+    json_decref(list);
+
+    /* A check without a status starts critical, and drops the service from ?passing. */
+    put_ok(c, "/v1/catalog/register",
+           "{\"Node\":\"foobar\",\"Address\":\"192.168.10.10\",\"Check\":{\"Name\":\"disk\"}}");
+    list = get(c, "/v1/health/state/critical", NULL);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(jstr(json_array_get(list, 0), "CheckID"), "disk");
+    json_decref(list);
+    list = get(c, "/v1/health/service/redis?passing", NULL);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+
+    /* Persisted before the answer: a reopened catalog has the node. */
+    cat_close(f);
+    cat_open(f);
+    node = get(c, "/v1/catalog/node/foobar", &before);
+    assert_non_null(json_object_get(json_object_get(node, "Services"), "redis1"));
+    json_decref(node);
+    fx_finish(f);
+}
+
+static void test_catalog_deregister(void **state)
+{
+    fx_t *f = fx_start();
+    client_t *c = client_open(f, 0);
+    put_ok(c, "/v1/catalog/register", FOOBAR);
+    uint64_t before, idx;
+    json_decref(get(c, "/v1/catalog/nodes", &before));
+    /* Clients send "" for the fields they leave out. */
+    put_ok(c, "/v1/catalog/deregister",
+           "{\"Node\":\"foobar\",\"ServiceID\":\"redis1\",\"CheckID\":\"\"}");
+    json_t *node = get(c, "/v1/catalog/node/foobar", &idx);
+    assert_true(idx > before);
+    assert_int_equal(json_object_size(json_object_get(node, "Services")), 0);
+    json_decref(node);
+    json_t *hc = get(c, "/v1/health/node/foobar", NULL);
+    assert_int_equal(json_array_size(hc), 0); /* the service's check went with it */
+    json_decref(hc);
+
+    put_ok(c, "/v1/catalog/register",
+           "{\"Node\":\"foobar\",\"Address\":\"10.0.0.2\",\"Check\":{\"CheckID\":\"c1\"}}");
+    put_ok(c, "/v1/catalog/deregister", "{\"Node\":\"foobar\",\"CheckID\":\"c1\"}");
+    hc = get(c, "/v1/health/node/foobar", NULL);
+    assert_int_equal(json_array_size(hc), 0);
+    json_decref(hc);
+
+    put_ok(c, "/v1/catalog/deregister", "{\"Node\":\"foobar\",\"ServiceID\":\"\"}");
+    resp_t r = {0};
+    call(c, "GET", "/v1/catalog/node/foobar", NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body.data, "null");
+    put_ok(c, "/v1/catalog/deregister", "{\"Node\":\"foobar\"}"); /* already gone: fine */
+    cat_close(f);
+    cat_open(f);
+    call(c, "GET", "/v1/catalog/node/foobar", NULL, 0, &r);
+    assert_string_equal(r.body.data, "null");
+    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    assert_int_equal(json_array_size(nodes), 1);
+    json_decref(nodes);
+    tr_buf_free(&r.body);
+    fx_finish(f);
+}
+
+static void test_catalog_register_bad(void **state)
+{
+    static const char *const bad[] = {
+        "{\"Address\":\"10.0.0.1\"}",
+        "{\"Node\":\"n\"}",
+        "{\"Node\":\"node-1\",\"Address\":\"10.0.0.1\"}",
+        "{\"Node\":\"n\",\"Address\":\"10.0.0.1\",\"Service\":{\"Port\":1}}",
+        "{\"Node\":\"n\",\"Address\":\"10.0.0.1\",\"Check\":{\"CheckID\":\"c\","
+        "\"ServiceID\":\"missing\"}}",
+        "{\"Node\":\"n\",\"Address\":\"10.0.0.1\",\"Check\":{\"CheckID\":\"c\","
+        "\"Status\":\"great\"}}",
+        "{\"Node\":\"n\",\"Address\":\"10.0.0.1\",\"Checks\":{}}",
+        "{\"Node\":5,\"Address\":\"10.0.0.1\"}",
+        "[]",
+    };
+    fx_t *f = fx_start();
+    client_t *c = client_open(f, 0);
+    resp_t r = {0};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (put(c, "/v1/catalog/register", bad[i], &r) != 400)
+            fail_msg("%s: %d %s", bad[i], r.status, r.body.data);
+    }
+    assert_int_equal(put(c, "/v1/catalog/deregister", "{}", &r), 400);
+    call(c, "GET", "/v1/catalog/register", NULL, 0, &r);
+    assert_int_equal(r.status, 405);
+    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    assert_int_equal(json_array_size(nodes), 1); /* nothing refused was stored */
+    json_decref(nodes);
+    tr_buf_free(&r.body);
+    fx_finish(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -911,6 +1109,10 @@ int main(void)
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_reap_and_edges),
         cmocka_unit_test(test_http_check),
+        cmocka_unit_test(test_agent_members_join),
+        cmocka_unit_test(test_catalog_register),
+        cmocka_unit_test(test_catalog_deregister),
+        cmocka_unit_test(test_catalog_register_bad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

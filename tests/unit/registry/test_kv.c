@@ -882,7 +882,7 @@ static void test_bad_inputs(void **state)
     expect_problem(c, "GET", "/v1/kv/", 400, "missing key name");
     expect_problem(c, "PUT", "/v1/kv//lead", 400, "must not begin with a '/'");
     expect_problem(c, "PUT", "/v1/kv/bad%ff", 400, "UTF-8");
-    expect_problem(c, "PUT", "/v1/kv/l?acquire=abc", 400, "sessions are not supported yet");
+    expect_problem(c, "PUT", "/v1/kv/l?acquire=abc", 500, "invalid session");
     expect_problem(c, "DELETE", "/v1/kv/l?recurse&cas=1", 400, "recurse and cas");
     expect_problem(c, "POST", "/v1/kv/x", 405, "POST");
     /* Nothing of the above was written. */
