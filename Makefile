@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEMO_ARGS ?=
 NODE_TEST_FLAGS ?= --test-concurrency=1
 
-.PHONY: all build deps demo test test-unit test-e2e test-asan format format-check bench bench-http fuzz clean
+.PHONY: all build deps demo test test-unit test-e2e test-interop test-asan format format-check bench bench-http fuzz clean
 
 all: build
 
@@ -35,6 +35,10 @@ test-unit: build
 test-e2e: build
 	cd tests/e2e && TRELLIS_BIN=$(CURDIR)/$(BUILD)/trellis node --test $(NODE_TEST_FLAGS) *.test.mjs
 
+# Peer suites nobody here wrote, run unchanged against `trellis registry` (needs scripts/deps.sh).
+test-interop: build
+	TRELLIS_BIN=$(abspath $(BUILD))/trellis tests/interop/consul-api-go.sh
+
 $(ASAN_BUILD)/build.ninja:
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DTR_WERROR=ON -DTR_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 
@@ -45,9 +49,12 @@ test-asan: $(ASAN_BUILD)/build.ninja
 	cd tests/e2e && TRELLIS_SANITIZED=1 TRELLIS_BIN=$(CURDIR)/$(ASAN_BUILD)/trellis \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  node --test $(NODE_TEST_FLAGS) *.test.mjs
+	TRELLIS_SANITIZED=1 TRELLIS_BIN=$(abspath $(ASAN_BUILD))/trellis \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  tests/interop/consul-api-go.sh
 
 test: deps format-check
-	$(MAKE) test-unit test-e2e test-asan
+	$(MAKE) test-unit test-e2e test-interop test-asan
 
 bench: bench-http
 

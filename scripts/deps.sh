@@ -11,6 +11,7 @@ PKGS=(
   libssl-dev libjwt-dev libcmocka-dev
   nodejs
   wrk nginx-light
+  golang-go golang-github-armon-consul-api-dev python3-consul
 )
 
 SUDO=""
@@ -28,8 +29,8 @@ if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # nginx-light's package starts a system nginx on :80; the benchmark runs its own.
