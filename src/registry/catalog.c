@@ -2,6 +2,7 @@
 #include "registry/catalog.h"
 
 #include "core/buf.h"
+#include "core/map.h"
 #include "core/mem.h"
 #include "registry/blocking.h"
 #include "registry/checker.h"
@@ -27,13 +28,17 @@
 static const char *const status_names[] = {"passing", "warning", "critical"};
 
 typedef struct check_s check_t;
+typedef struct group_s group_t;
 
 /* A registered service. `def` holds Consul's AgentService fields, normalised. */
 typedef struct service_s {
     char *id, *name;
     json_t *def;
     uint64_t create_index, modify_index;
-    struct service_s *next;
+    struct service_s *next, *prev; /* all services, sorted by ID */
+    struct service_s *gnext;       /* its group's services, sorted by ID */
+    group_t *group;
+    check_t *checks; /* its checks in registration order, through svc_next */
 } service_t;
 
 /* A TTL check's timer; freed in its close callback, after the check may be gone. */
@@ -55,14 +60,11 @@ struct check_s {
     uint64_t ttl_ms, dereg_ms, critical_since;
     unsigned successes, failures;
     ttl_t *ttl;
-    check_t *next;
+    uint64_t seq;         /* position in registration order */
+    service_t *svc;       /* the service it is linked to; NULL for node-level */
+    check_t *next, *prev; /* all checks, in registration order */
+    check_t *svc_next;    /* svc's checks, or the "" group's node-level checks */
 };
-
-typedef struct tomb_s {
-    char *name; /* service name; "" for node-level checks */
-    uint64_t index;
-    struct tomb_s *next;
-} tomb_t;
 
 /*
  * A node registered through /v1/catalog/register rather than this agent. `doc` is
@@ -101,19 +103,46 @@ typedef struct watcher_s {
     tr_http_req_t *req;
     query_t q;
     uint64_t index;
+    struct watcher_s **head; /* the list it is on: its group's, or the catalog's */
     struct watcher_s *prev, *next;
 } watcher_t;
+
+/* A rendered answer and the scope index it was rendered at. */
+typedef struct rendered_s {
+    char *body; /* heap; NULL when nothing is cached */
+    size_t len;
+    uint64_t index;
+} rendered_t;
+
+enum { R_HEALTH, R_HEALTH_PASSING, R_CATALOG, R_COUNT };
+
+/*
+ * Everything under one service name ("" for node-level): its services, its tombstone, the
+ * watchers scoped to it and its cached answers. Groups live until the catalog closes.
+ */
+struct group_s {
+    char *name;
+    service_t *services; /* sorted by ID, through gnext */
+    check_t *checks;     /* "" only: checks linked to no service, through svc_next */
+    uint64_t tomb;       /* index of the last deregistration from it; 0 for none */
+    bool has_tomb;
+    watcher_t *watchers;
+    rendered_t cache[R_COUNT];
+};
 
 struct tr_catalog_s {
     uv_loop_t *loop;
     tr_store_t *store;
     char *node, *node_id, *address, *dc;
-    service_t *services;
-    check_t *checks;
-    tomb_t *tombs;
+    service_t *services, *services_tail; /* sorted by ID unless services_unsorted */
+    bool services_unsorted;
+    check_t *checks, *checks_tail;
+    tr_map_t services_by_id, checks_by_id, groups; /* keys borrowed from the values */
+    size_t nservices, nchecks[3];
+    uint64_t check_seq;
     xnode_t *xnodes;
-    service_t consul; /* the "consul" service a Consul server has in the catalog */
-    watcher_t *watchers;
+    service_t consul;    /* the "consul" service a Consul server has in the catalog */
+    watcher_t *watchers; /* watchers of unscoped queries */
     tr_checker_t *checker;
     uv_timer_t *sweep;
 };
@@ -272,16 +301,44 @@ static char *clean_text(const char *in)
 
 static service_t *find_service(const tr_catalog_t *cat, const char *id)
 {
-    for (service_t *s = cat->services; s; s = s->next)
-        if (!strcmp(s->id, id)) return s;
-    return NULL;
+    return tr_map_get(&cat->services_by_id, id);
 }
 
 static check_t *find_check(const tr_catalog_t *cat, const char *id)
 {
-    for (check_t *c = cat->checks; c; c = c->next)
-        if (!strcmp(c->id, id)) return c;
-    return NULL;
+    return tr_map_get(&cat->checks_by_id, id);
+}
+
+static group_t *find_group(const tr_catalog_t *cat, const char *name)
+{
+    return tr_map_get(&cat->groups, name);
+}
+
+/* The group of service name `name`, created empty on first use. */
+static group_t *get_group(tr_catalog_t *cat, const char *name)
+{
+    group_t *g = find_group(cat, name);
+    if (!g) {
+        g = tr_calloc(1, sizeof(*g));
+        g->name = tr_strdup(name);
+        tr_map_put(&cat->groups, g->name, g);
+    }
+    return g;
+}
+
+static void drop_cache(group_t *g)
+{
+    for (int i = 0; i < R_COUNT; i++) {
+        free(g->cache[i].body);
+        g->cache[i].body = NULL;
+    }
+}
+
+static void group_free(group_t *g)
+{
+    drop_cache(g);
+    free(g->name);
+    free(g);
 }
 
 /* The name of the service a check belongs to; "" for node-level checks. */
@@ -291,33 +348,59 @@ static const char *check_service_name(const tr_catalog_t *cat, const check_t *c)
     return c->service_name ? c->service_name : "";
 }
 
-/* Services are kept sorted by ID, the order Consul's state store lists them in. */
-static void link_service(tr_catalog_t *cat, service_t *sv)
+static int cmp_service_id(const void *a, const void *b)
 {
-    service_t **p = &cat->services;
-    while (*p && strcmp((*p)->id, sv->id) < 0)
-        p = &(*p)->next;
-    sv->next = *p;
-    *p = sv;
+    return strcmp((*(service_t *const *)a)->id, (*(service_t *const *)b)->id);
 }
 
-static tomb_t *find_tomb(const tr_catalog_t *cat, const char *name)
+/*
+ * Answers list services sorted by ID, the order Consul's state store lists them in.
+ * Registration appends, and the list is sorted here, once, before the next answer that walks
+ * it: keeping it sorted on every insert cost a walk of the whole list per registration.
+ */
+static void sort_services(tr_catalog_t *cat)
 {
-    for (tomb_t *t = cat->tombs; t; t = t->next)
-        if (!strcmp(t->name, name)) return t;
-    return NULL;
+    if (!cat->services_unsorted) return;
+    cat->services_unsorted = false;
+    service_t **all = tr_malloc((cat->nservices + 1) * sizeof(*all)), *prev = NULL;
+    size_t n = 0;
+    for (service_t *s = cat->services; s; s = s->next)
+        all[n++] = s;
+    qsort(all, n, sizeof(*all), cmp_service_id);
+    cat->services = n ? all[0] : NULL;
+    for (size_t i = 0; i < n; prev = all[i++]) {
+        all[i]->prev = prev;
+        all[i]->next = i + 1 < n ? all[i + 1] : NULL;
+    }
+    cat->services_tail = prev;
+    free(all);
+}
+
+static void link_service(tr_catalog_t *cat, service_t *sv)
+{
+    sv->next = NULL;
+    sv->prev = cat->services_tail;
+    if (sv->prev)
+        sv->prev->next = sv;
+    else
+        cat->services = sv;
+    cat->services_tail = sv;
+    cat->services_unsorted = true;
+    sv->group = get_group(cat, sv->name);
+    service_t **g = &sv->group->services;
+    while (*g && strcmp((*g)->id, sv->id) < 0)
+        g = &(*g)->gnext;
+    sv->gnext = *g;
+    *g = sv;
+    tr_map_put(&cat->services_by_id, sv->id, sv);
+    cat->nservices++;
 }
 
 static void set_tomb(tr_catalog_t *cat, const char *name, uint64_t idx)
 {
-    tomb_t *t = find_tomb(cat, name);
-    if (!t) {
-        t = tr_calloc(1, sizeof(*t));
-        t->name = tr_strdup(name);
-        t->next = cat->tombs;
-        cat->tombs = t;
-    }
-    t->index = idx;
+    group_t *g = get_group(cat, name);
+    g->tomb = idx;
+    g->has_tomb = true;
 }
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
@@ -330,17 +413,38 @@ static uint64_t max_u64(uint64_t a, uint64_t b)
  * can show plus the tombstones of ones deregistered from it, so it moves exactly when the
  * answer can have changed. Node-level checks appear in every service's health answer.
  */
+static uint64_t checks_index(const check_t *c, uint64_t idx)
+{
+    for (; c; c = c->svc_next)
+        idx = max_u64(idx, c->modify_index);
+    return idx;
+}
+
+/* The highest index among a group's services, their checks and its tombstone. */
+static uint64_t group_index(const group_t *g)
+{
+    if (!g) return 0;
+    uint64_t idx = checks_index(g->checks, g->tomb);
+    for (const service_t *s = g->services; s; s = s->gnext)
+        idx = checks_index(s->checks, max_u64(idx, s->modify_index));
+    return idx;
+}
+
 static uint64_t scope_index(const tr_catalog_t *cat, const char *name)
 {
     uint64_t idx = 0;
-    for (service_t *s = cat->services; s; s = s->next)
-        if (!name || !strcmp(s->name, name)) idx = max_u64(idx, s->modify_index);
-    for (check_t *c = cat->checks; c; c = c->next) {
-        const char *sn = check_service_name(cat, c);
-        if (!name || !*sn || !strcmp(sn, name)) idx = max_u64(idx, c->modify_index);
+    if (name) {
+        idx = max_u64(group_index(find_group(cat, name)), group_index(find_group(cat, "")));
+        return idx ? idx : tr_store_index(cat->store);
     }
-    for (tomb_t *t = cat->tombs; t; t = t->next)
-        if (!name || !t->name[0] || !strcmp(t->name, name)) idx = max_u64(idx, t->index);
+    for (service_t *s = cat->services; s; s = s->next)
+        idx = max_u64(idx, s->modify_index);
+    for (check_t *c = cat->checks; c; c = c->next)
+        idx = max_u64(idx, c->modify_index);
+    size_t pos = 0;
+    void *v;
+    while (tr_map_next(&cat->groups, &pos, NULL, &v))
+        idx = max_u64(idx, ((group_t *)v)->tomb);
     return idx ? idx : tr_store_index(cat->store);
 }
 
@@ -466,11 +570,29 @@ static bool check_applies(const check_t *c, const service_t *s)
     return !c->service_id || !strcmp(c->service_id, s->id);
 }
 
+/*
+ * The checks that apply to `s`, in registration order: node-level checks and the service's
+ * own, merged by sequence. The built-in "consul" service takes a registered service's checks
+ * when one has its ID.
+ */
+static check_t *next_applying(const check_t **node, const check_t **own)
+{
+    while (*node && (*node)->service_id)
+        *node = (*node)->svc_next;
+    const check_t **pick = !*node ? own : !*own ? node : (*node)->seq < (*own)->seq ? node : own;
+    const check_t *c = *pick;
+    if (c) *pick = c->svc_next;
+    return (check_t *)c;
+}
+
 static json_t *health_entry(const tr_catalog_t *cat, const service_t *s, bool passing)
 {
     json_t *checks = json_array();
     json_array_append_new(checks, serf_json(cat));
-    for (check_t *c = cat->checks; c; c = c->next) {
+    const group_t *ng = find_group(cat, "");
+    const service_t *own = s == &cat->consul ? find_service(cat, s->id) : s;
+    const check_t *node = ng ? ng->checks : NULL, *mine = own ? own->checks : NULL;
+    for (check_t *c; (c = next_applying(&node, &mine));) {
         if (!check_applies(c, s)) continue;
         if (passing && c->status != TR_CHECK_PASSING) {
             json_decref(checks);
@@ -623,7 +745,12 @@ static json_t *build(const tr_catalog_t *cat, const query_t *q)
     if ((q->kind == Q_HEALTH_STATE && (q->state < 0 || q->state == TR_CHECK_PASSING)) || self)
         json_array_append_new(out, serf_json(cat));
     /* The server's own "consul" service is in the catalog, not among the agent's services. */
-    for (const service_t *s = &cat->consul; s; s = s == &cat->consul ? cat->services : s->next) {
+    bool by_name = q->kind == Q_CAT_SERVICE || q->kind == Q_HEALTH_SERVICE;
+    const group_t *g = by_name ? find_group(cat, q->name) : NULL;
+    const service_t *first = by_name ? (g ? g->services : NULL) : cat->services;
+    for (const service_t *s = &cat->consul; s; s = s == &cat->consul ? first
+                                                   : by_name         ? s->gnext
+                                                                     : s->next) {
         if (q->kind == Q_CAT_SERVICES) merge_tags(out, s->name, s->def);
         if (!query_scope(q) || strcmp(s->name, q->name) != 0 || !has_tags(s, q)) continue;
         if (q->kind == Q_CAT_SERVICE) json_array_append_new(out, catalog_service_json(cat, s));
@@ -651,10 +778,45 @@ static void send_json(tr_http_req_t *req, json_t *j)
     json_decref(j);
 }
 
+/* The cache slot answering `q`, or -1 when its answer isn't cached (tag filters). */
+static int cache_slot(const query_t *q)
+{
+    if (q->ntags) return -1;
+    if (q->kind == Q_CAT_SERVICE) return R_CATALOG;
+    if (q->kind == Q_HEALTH_SERVICE) return q->passing ? R_HEALTH_PASSING : R_HEALTH;
+    return -1;
+}
+
+/*
+ * Answers a read. A service's catalog and health answers are rendered once per scope index:
+ * every change they can show moves that index (tombstones included), so a cached body with
+ * the current index is the body build() would produce.
+ */
 static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
 {
-    tr_blocking_headers(req, query_index(cat, q));
-    send_json(req, build(cat, q));
+    sort_services(cat);
+    uint64_t idx = query_index(cat, q);
+    int slot = cache_slot(q);
+    tr_blocking_headers(req, idx);
+    if (slot < 0) {
+        send_json(req, build(cat, q));
+        return;
+    }
+    group_t *g = find_group(cat, q->name);
+    if (!g) {
+        send_json(req, build(cat, q)); /* no service of that name: don't grow a group */
+        return;
+    }
+    rendered_t *r = &g->cache[slot];
+    if (!r->body || r->index != idx) {
+        json_t *j = build(cat, q);
+        free(r->body);
+        r->body = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+        r->len = strlen(r->body);
+        r->index = idx;
+        json_decref(j);
+    }
+    tr_http_res_send(req, 200, "application/json", r->body, r->len);
 }
 
 /* ---- watchers (the same design as kv.c's) */
@@ -666,11 +828,10 @@ static void on_watcher_closed(uv_handle_t *h)
 
 static void watcher_finish(watcher_t *w)
 {
-    tr_catalog_t *cat = w->cat;
     if (w->prev)
         w->prev->next = w->next;
     else
-        cat->watchers = w->next;
+        *w->head = w->next;
     if (w->next) w->next->prev = w->prev;
     w->req = NULL;
     tr_gauge_add(m_watchers, -1);
@@ -706,9 +867,11 @@ static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const
     uv_timer_init(cat->loop, &w->timer);
     w->timer.data = w;
     uv_timer_start(&w->timer, on_watch_timeout, b->wait_ms, 0);
-    w->next = cat->watchers;
+    const char *scope = query_scope(q);
+    w->head = scope ? &get_group(cat, scope)->watchers : &cat->watchers;
+    w->next = *w->head;
     if (w->next) w->next->prev = w;
-    cat->watchers = w;
+    *w->head = w;
     req->data = w;
     req->on_abort = on_watch_abort;
     tr_gauge_add(m_watchers, 1);
@@ -718,28 +881,40 @@ static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const
  * Wakes the watchers whose result a change to service `name` can touch ("" or NULL: a
  * node-level change, which touches every result), and only those whose index moved.
  */
-static void notify(tr_catalog_t *cat, const char *name)
+/* Answers the watchers on list `head` whose index moved past theirs. */
+static void notify_list(tr_catalog_t *cat, watcher_t **head)
 {
+    if (!*head) return;
+    uint64_t idx = query_index(cat, &(*head)->q); /* one scope per list, but for the catalog's */
     watcher_t *next;
-    for (watcher_t *w = cat->watchers; w; w = next) {
+    for (watcher_t *w = *head; w; w = next) {
         next = w->next;
-        const char *scope = query_scope(&w->q);
-        if (scope && name && name[0] && strcmp(scope, name) != 0) continue;
-        if (query_index(cat, &w->q) <= w->index) continue;
+        if (head == &cat->watchers) idx = query_index(cat, &w->q);
+        if (idx <= w->index) continue;
         watcher_answer(w);
     }
 }
 
+static void notify(tr_catalog_t *cat, const char *name)
+{
+    notify_list(cat, &cat->watchers);
+    if (name && name[0]) {
+        group_t *g = find_group(cat, name);
+        if (g) notify_list(cat, &g->watchers);
+        return;
+    }
+    /* Answering never adds or removes groups, so iterating them here is safe. */
+    size_t pos = 0;
+    void *v;
+    while (tr_map_next(&cat->groups, &pos, NULL, &v))
+        notify_list(cat, &((group_t *)v)->watchers);
+}
+
 static void count_metrics(const tr_catalog_t *cat)
 {
-    size_t n = 0, by[3] = {0};
-    for (service_t *s = cat->services; s; s = s->next)
-        n++;
-    for (check_t *c = cat->checks; c; c = c->next)
-        by[c->status]++;
-    tr_gauge_set(m_services, (double)n);
+    tr_gauge_set(m_services, (double)cat->nservices);
     for (int i = 0; i < 3; i++)
-        tr_gauge_set(m_checks[i], (double)by[i]);
+        tr_gauge_set(m_checks[i], (double)cat->nchecks[i]);
 }
 
 /* ---- parsing definitions */
@@ -992,6 +1167,24 @@ static int db_exec_id(tr_catalog_t *cat, const char *sql, const char *id)
     return step_done(s);
 }
 
+/*
+ * Deletes the stored checks of service `sv` (NULL: none) by primary key. catalog_checks has
+ * no index on service_id, so "WHERE service_id = ?" scanned the whole table on every write;
+ * memory holds the stored checks of each service, so their IDs are enough.
+ */
+static int db_delete_service_checks(tr_catalog_t *cat, const service_t *sv)
+{
+    sqlite3_stmt *s =
+        tr_store_stmt(cat->store, "DELETE FROM catalog_checks WHERE id = ?1 AND service_id = ?2");
+    if (!s) return TR_EIO;
+    for (const check_t *c = sv ? sv->checks : NULL; c; c = c->svc_next) {
+        sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, sv->id, -1, SQLITE_STATIC);
+        if (step_done(s) < 0) return TR_EIO;
+    }
+    return 0;
+}
+
 static int db_put_service(tr_catalog_t *cat, const service_t *sv)
 {
     sqlite3_stmt *s = tr_store_stmt(cat->store, "INSERT OR REPLACE INTO catalog_services (id, name,"
@@ -1107,48 +1300,76 @@ static void disarm_free(tr_catalog_t *cat, check_t *c)
     check_free(c);
 }
 
+/* The list a check is on besides the catalog's: its service's, or the "" group's. */
+static check_t **check_list(tr_catalog_t *cat, check_t *c)
+{
+    return c->svc ? &c->svc->checks : &get_group(cat, "")->checks;
+}
+
 static void link_check(tr_catalog_t *cat, check_t *c)
 {
-    check_t **p = &cat->checks;
-    while (*p)
-        p = &(*p)->next;
     c->next = NULL;
-    *p = c;
+    c->prev = cat->checks_tail;
+    if (c->prev)
+        c->prev->next = c;
+    else
+        cat->checks = c;
+    cat->checks_tail = c;
+    c->seq = ++cat->check_seq;
     /* A service's checks go when it goes or is replaced, so its name is fixed here. */
     service_t *sv = c->service_id ? find_service(cat, c->service_id) : NULL;
+    c->svc = sv;
     free(c->service_name);
     c->service_name = tr_strdup(sv ? sv->name : "");
+    check_t **p = check_list(cat, c);
+    while (*p)
+        p = &(*p)->svc_next;
+    c->svc_next = NULL;
+    *p = c;
+    tr_map_put(&cat->checks_by_id, c->id, c);
+    cat->nchecks[c->status]++;
     arm(cat, c);
 }
 
 static void unlink_check(tr_catalog_t *cat, check_t *c)
 {
-    for (check_t **p = &cat->checks; *p; p = &(*p)->next)
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        cat->checks = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        cat->checks_tail = c->prev;
+    for (check_t **p = check_list(cat, c); *p; p = &(*p)->svc_next)
         if (*p == c) {
-            *p = c->next;
+            *p = c->svc_next;
             break;
         }
+    if (tr_map_get(&cat->checks_by_id, c->id) == c) tr_map_del(&cat->checks_by_id, c->id);
+    cat->nchecks[c->status]--;
     disarm_free(cat, c);
-}
-
-/* Removes (memory only) every check of service `id`. */
-static void unlink_service_checks(tr_catalog_t *cat, const char *id)
-{
-    check_t *next;
-    for (check_t *c = cat->checks; c; c = next) {
-        next = c->next;
-        if (c->service_id && !strcmp(c->service_id, id)) unlink_check(cat, c);
-    }
 }
 
 static void unlink_service(tr_catalog_t *cat, service_t *sv)
 {
-    unlink_service_checks(cat, sv->id);
-    for (service_t **p = &cat->services; *p; p = &(*p)->next)
+    while (sv->checks)
+        unlink_check(cat, sv->checks);
+    if (sv->prev)
+        sv->prev->next = sv->next;
+    else
+        cat->services = sv->next;
+    if (sv->next)
+        sv->next->prev = sv->prev;
+    else
+        cat->services_tail = sv->prev;
+    for (service_t **p = &sv->group->services; *p; p = &(*p)->gnext)
         if (*p == sv) {
-            *p = sv->next;
+            *p = sv->gnext;
             break;
         }
+    if (tr_map_get(&cat->services_by_id, sv->id) == sv) tr_map_del(&cat->services_by_id, sv->id);
+    cat->nservices--;
     service_free(sv);
 }
 
@@ -1181,6 +1402,8 @@ static int set_status(tr_catalog_t *cat, check_t *c, tr_check_status_t st, const
         tr_counter_inc(m_changes[st]);
         c->critical_since = st == TR_CHECK_CRITICAL ? uv_now(cat->loop) : 0;
     }
+    cat->nchecks[c->status]--;
+    cat->nchecks[st]++;
     c->status = st;
     free(c->output);
     c->output = text;
@@ -1278,9 +1501,7 @@ static void do_register_service(tr_catalog_t *cat, tr_http_req_t *req, json_t *b
     if (tr_store_begin(cat->store, &idx) < 0) goto failed;
     sv->create_index = old ? old->create_index : idx;
     sv->modify_index = idx;
-    if (db_exec_id(cat, "DELETE FROM catalog_checks WHERE service_id = ?1", sv->id) < 0 ||
-        db_put_service(cat, sv) < 0)
-        goto failed;
+    if (db_delete_service_checks(cat, old) < 0 || db_put_service(cat, sv) < 0) goto failed;
     for (check_t *c = checks; c; c = c->next) {
         c->create_index = c->modify_index = idx;
         if (db_put_check(cat, c) < 0) goto failed;
@@ -1312,8 +1533,7 @@ failed:
 static bool remove_service(tr_catalog_t *cat, tr_http_req_t *req, service_t *sv)
 {
     uint64_t idx;
-    if (tr_store_begin(cat->store, &idx) < 0 ||
-        db_exec_id(cat, "DELETE FROM catalog_checks WHERE service_id = ?1", sv->id) < 0 ||
+    if (tr_store_begin(cat->store, &idx) < 0 || db_delete_service_checks(cat, sv) < 0 ||
         db_exec_id(cat, "DELETE FROM catalog_services WHERE id = ?1", sv->id) < 0 ||
         db_tomb(cat, sv->name, idx) < 0 || tr_store_commit(cat->store) < 0) {
         store_failed(cat, req, "service deregister");
@@ -1897,6 +2117,7 @@ static void agent_services(tr_catalog_t *cat, tr_http_req_t *req, const char *id
             unknown(req, "service", id);
         return;
     }
+    sort_services(cat);
     json_t *out = json_object();
     for (service_t *s = cat->services; s; s = s->next)
         json_object_set_new(out, s->id, service_json(cat, s, false));
@@ -2202,6 +2423,11 @@ void tr_catalog_close(tr_catalog_t *cat)
     if (!cat) return;
     while (cat->watchers)
         watcher_answer(cat->watchers);
+    size_t gpos = 0;
+    void *gv;
+    while (tr_map_next(&cat->groups, &gpos, NULL, &gv))
+        while (((group_t *)gv)->watchers)
+            watcher_answer(((group_t *)gv)->watchers);
     if (cat->checker) tr_checker_stop(cat->checker);
     cat->checker = NULL;
     if (cat->sweep) {
@@ -2218,16 +2444,17 @@ void tr_catalog_close(tr_catalog_t *cat)
         cat->services = s->next;
         service_free(s);
     }
+    size_t pos = 0;
+    void *g;
+    while (tr_map_next(&cat->groups, &pos, NULL, &g))
+        group_free(g);
+    tr_map_free(&cat->groups);
+    tr_map_free(&cat->services_by_id);
+    tr_map_free(&cat->checks_by_id);
     while (cat->xnodes) {
         xnode_t *n = cat->xnodes;
         cat->xnodes = n->next;
         xnode_free(n);
-    }
-    while (cat->tombs) {
-        tomb_t *t = cat->tombs;
-        cat->tombs = t->next;
-        free(t->name);
-        free(t);
     }
     free(cat->consul.id);
     free(cat->consul.name);
