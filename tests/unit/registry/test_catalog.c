@@ -1,10 +1,4 @@
 /* Unit tests for the agent, catalog and health endpoints, over the real HTTP server. */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -12,73 +6,11 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/buf.h"
+#include "fixture.h"
 #include "registry/catalog.h"
 #include "trellis/http.h"
 #include "trellis/metrics.h"
 #include "trellis/net.h"
-
-#define MAX_CLIENT 3
-#define WAIT_MS    5000
-
-typedef struct fx_s fx_t;
-
-typedef struct client_s {
-    uv_tcp_t tcp;
-    uv_connect_t connect;
-    fx_t *f;
-    tr_buf_t in;
-    bool used, connected, eof, closing, closed;
-    int error;
-} client_t;
-
-/* One parsed response. */
-typedef struct resp_s {
-    int status;
-    char head[2048];
-    tr_buf_t body;
-} resp_t;
-
-struct fx_s {
-    uv_loop_t loop;
-    uv_timer_t deadline, sleep;
-    bool timed_out, slept, srv_done;
-    tr_http_server_t *srv;
-    int port;
-    char dir[64], db[96];
-    tr_store_t *st;
-    tr_catalog_t *cat;
-    client_t c[MAX_CLIENT];
-};
-
-/* ---- loop helpers */
-
-static void on_deadline(uv_timer_t *t)
-{
-    ((fx_t *)t->data)->timed_out = true;
-}
-
-#define RUN_UNTIL(f, cond)                                                                         \
-    do {                                                                                           \
-        (f)->timed_out = false;                                                                    \
-        uv_timer_start(&(f)->deadline, on_deadline, WAIT_MS, 0);                                   \
-        while (!(cond) && !(f)->timed_out)                                                         \
-            uv_run(&(f)->loop, UV_RUN_ONCE);                                                       \
-        uv_timer_stop(&(f)->deadline);                                                             \
-        if ((f)->timed_out) fail_msg("timed out waiting for: %s", #cond);                          \
-    } while (0)
-
-static void on_sleep(uv_timer_t *t)
-{
-    ((fx_t *)t->data)->slept = true;
-}
-
-static void fx_sleep(fx_t *f, uint64_t ms)
-{
-    f->slept = false;
-    uv_timer_start(&f->sleep, on_sleep, ms, 0);
-    RUN_UNTIL(f, f->slept);
-}
 
 /* ---- the server side: the catalog, then 404 like the registry's router */
 
@@ -95,7 +27,7 @@ static void cat_open(fx_t *f)
                               .id = "11111111-2222-4333-8444-555555555555",
                               .address = "127.0.0.1",
                               .datacenter = "dc1"};
-    if (tr_store_open(f->db, &f->st, err, sizeof(err))) fail_msg("store: %s", err);
+    store_open(f);
     if (tr_catalog_open(&f->loop, f->st, &node, &f->cat, err, sizeof(err)))
         fail_msg("catalog: %s", err);
 }
@@ -104,245 +36,12 @@ static void cat_close(fx_t *f)
 {
     tr_catalog_close(f->cat);
     f->cat = NULL;
-    tr_store_close(f->st);
-    f->st = NULL;
-}
-
-/* ---- the client side */
-
-static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    static char space[64 * 1024];
-    *buf = uv_buf_init(space, sizeof(space));
-}
-
-static void on_client_closed(uv_handle_t *h)
-{
-    ((client_t *)h->data)->closed = true;
-}
-
-static void client_close(client_t *c)
-{
-    if (!c->used || c->closing) return;
-    c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, on_client_closed);
-}
-
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    client_t *c = s->data;
-    if (nread > 0) tr_buf_append(&c->in, buf->base, (size_t)nread);
-    if (nread < 0) {
-        c->eof = true;
-        client_close(c);
-    }
-}
-
-static void on_client_connect(uv_connect_t *req, int status)
-{
-    client_t *c = req->data;
-    c->error = status;
-    if (status < 0) return;
-    c->connected = true;
-    uv_read_start((uv_stream_t *)&c->tcp, on_client_alloc, on_client_read);
-}
-
-static client_t *client_open(fx_t *f, int i)
-{
-    client_t *c = &f->c[i];
-    tr_buf_free(&c->in);
-    memset(c, 0, sizeof(*c));
-    c->f = f;
-    c->used = true;
-    uv_tcp_init(&f->loop, &c->tcp);
-    c->tcp.data = c;
-    c->connect.data = c;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", f->port, &a);
-    assert_int_equal(uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&a, on_client_connect),
-                     0);
-    RUN_UNTIL(f, c->connected || c->error);
-    assert_true(c->connected);
-    return c;
-}
-
-typedef struct cwrite_s {
-    uv_write_t w;
-    char data[];
-} cwrite_t;
-
-static void on_client_write(uv_write_t *w, int status)
-{
-    free(w);
-}
-
-static void client_send(client_t *c, const char *data, size_t len)
-{
-    cwrite_t *w = malloc(sizeof(*w) + len);
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    assert_int_equal(uv_write(&w->w, (uv_stream_t *)&c->tcp, &b, 1, on_client_write), 0);
-}
-
-/* Sends one request; `body` may be NULL. */
-static void send_req(client_t *c, const char *method, const char *target, const void *body,
-                     size_t len)
-{
-    char head[1024];
-    int n = snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: t\r\n", method, target);
-    if (body) n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %zu\r\n", len);
-    n += snprintf(head + n, sizeof(head) - (size_t)n, "\r\n");
-    tr_buf_t b = TR_BUF_INIT;
-    tr_buf_append(&b, head, (size_t)n);
-    if (body) tr_buf_append(&b, body, len);
-    client_send(c, b.data, b.len);
-    tr_buf_free(&b);
-}
-
-/* Length of the first complete response in `in`, or 0 while it is incomplete. */
-static size_t response_len(const tr_buf_t *in)
-{
-    const char *s = tr_buf_cstr((tr_buf_t *)in);
-    const char *end = strstr(s, "\r\n\r\n");
-    if (!end) return 0;
-    size_t head = (size_t)(end - s) + 4;
-    const char *cl = strcasestr(s, "\r\nContent-Length: ");
-    size_t body = cl && cl < end ? strtoul(cl + 18, NULL, 10) : 0;
-    return in->len >= head + body ? head + body : 0;
-}
-
-static bool has_response(client_t *c)
-{
-    return response_len(&c->in) > 0;
-}
-
-/* Waits for the next response on c and moves it from c->in into r. */
-static void read_resp(client_t *c, resp_t *r)
-{
-    RUN_UNTIL(c->f, has_response(c) || c->eof);
-    size_t len = response_len(&c->in);
-    assert_true(len > 0);
-    const char *s = c->in.data;
-    const char *end = strstr(s, "\r\n\r\n");
-    size_t head = (size_t)(end - s) + 2;
-    assert_true(head < sizeof(r->head));
-    memcpy(r->head, s, head);
-    r->head[head] = '\0';
-    r->status = atoi(s + 9);
-    tr_buf_reset(&r->body);
-    tr_buf_append(&r->body, end + 4, len - head - 2);
-    tr_buf_cstr(&r->body);
-    tr_buf_consume(&c->in, len);
-}
-
-/* A header's value (copied into a static buffer), or NULL. */
-static const char *hdr(const resp_t *r, const char *name)
-{
-    static char v[256];
-    char pat[96];
-    snprintf(pat, sizeof(pat), "\r\n%s: ", name);
-    const char *p = strcasestr(r->head, pat);
-    if (!p) return NULL;
-    p += strlen(pat);
-    size_t n = strcspn(p, "\r");
-    snprintf(v, sizeof(v), "%.*s", (int)n, p);
-    return v;
-}
-
-static uint64_t index_of(const resp_t *r)
-{
-    const char *v = hdr(r, "X-Consul-Index");
-    assert_non_null(v);
-    return strtoull(v, NULL, 10);
-}
-
-static void call(client_t *c, const char *method, const char *target, const void *body, size_t len,
-                 resp_t *r)
-{
-    send_req(c, method, target, body, len);
-    read_resp(c, r);
-}
-
-static json_t *body_json(const resp_t *r)
-{
-    json_error_t e;
-    json_t *j = json_loadb(r->body.data, r->body.len, 0, &e);
-    if (!j) fail_msg("not JSON (%s): %s", e.text, r->body.data);
-    return j;
-}
-
-static uint64_t jint(const json_t *o, const char *k)
-{
-    json_t *v = json_object_get(o, k);
-    assert_true(json_is_integer(v));
-    return (uint64_t)json_integer_value(v);
+    store_close(f);
 }
 
 /* ---- fixture */
 
-static void on_server_done(void *data)
-{
-    ((fx_t *)data)->srv_done = true;
-}
-
-static fx_t *fx_start(void)
-{
-    fx_t *f = calloc(1, sizeof(*f));
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->deadline);
-    uv_timer_init(&f->loop, &f->sleep);
-    f->deadline.data = f->sleep.data = f;
-    snprintf(f->dir, sizeof(f->dir), "/tmp/tr-cat-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof(f->db), "%s/registry.db", f->dir);
-    cat_open(f);
-    struct sockaddr_storage addr, bound;
-    assert_int_equal(tr_net_parse_addr("127.0.0.1:0", &addr), 0);
-    int fd;
-    assert_int_equal(tr_net_listen(&addr, 1, 128, &fd, &bound), 0);
-    f->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    tr_http_server_options_t opts = {.handler = on_request, .handler_data = f};
-    assert_int_equal(tr_http_server_start(&f->loop, fd, &opts, &f->srv), 0);
-    return f;
-}
-
-static bool clients_closed(fx_t *f)
-{
-    for (int i = 0; i < MAX_CLIENT; i++)
-        if (f->c[i].used && !f->c[i].closed) return false;
-    return true;
-}
-
-static void fx_finish(fx_t *f)
-{
-    for (int i = 0; i < MAX_CLIENT; i++)
-        client_close(&f->c[i]);
-    tr_http_server_close(f->srv, true, on_server_done, f);
-    RUN_UNTIL(f, f->srv_done && clients_closed(f));
-    if (f->cat) cat_close(f);
-    uv_close((uv_handle_t *)&f->deadline, NULL);
-    uv_close((uv_handle_t *)&f->sleep, NULL);
-    uv_run(&f->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    for (int i = 0; i < MAX_CLIENT; i++)
-        tr_buf_free(&f->c[i].in);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    free(f);
-}
-
-static double metric(const char *name)
-{
-    tr_buf_t b = TR_BUF_INIT;
-    tr_metrics_render(tr_metrics_default(), &b);
-    char pat[128];
-    snprintf(pat, sizeof(pat), "\n%s ", name);
-    const char *p = strstr(tr_buf_cstr(&b), pat);
-    double v = p ? strtod(p + strlen(pat), NULL) : -1;
-    tr_buf_free(&b);
-    return v;
-}
+static const fx_ops_t OPS = {"/tmp/tr-cat-XXXXXX", on_request, cat_open, cat_close};
 
 /* ---- tests */
 
@@ -362,34 +61,15 @@ static void put_ok(client_t *c, const char *target, const char *body)
     tr_buf_free(&r.body);
 }
 
-/* GETs target (200 expected) and returns the parsed body; *index gets X-Consul-Index. */
-static json_t *get(client_t *c, const char *target, uint64_t *index)
-{
-    resp_t r = {0};
-    call(c, "GET", target, NULL, 0, &r);
-    if (r.status != 200) fail_msg("GET %s: %d %s", target, r.status, r.body.data);
-    if (index) *index = index_of(&r);
-    json_t *j = body_json(&r);
-    tr_buf_free(&r.body);
-    return j;
-}
-
-static const char *jstr(const json_t *o, const char *k)
-{
-    json_t *v = json_object_get(o, k);
-    if (!json_is_string(v)) fail_msg("%s is not a string", k);
-    return json_string_value(v);
-}
-
 /* The status of check `id` from /v1/agent/checks (static buffer). */
 static const char *check_status(client_t *c, const char *id, char *output, size_t n)
 {
     static char st[32];
-    json_t *all = get(c, "/v1/agent/checks", NULL);
+    json_t *all = get_json(c, "/v1/agent/checks", NULL);
     json_t *ck = json_object_get(all, id);
     if (!ck) fail_msg("no check %s", id);
-    snprintf(st, sizeof(st), "%s", jstr(ck, "Status"));
-    if (output) snprintf(output, n, "%s", jstr(ck, "Output"));
+    snprintf(st, sizeof(st), "%s", json_str(ck, "Status"));
+    if (output) snprintf(output, n, "%s", json_str(ck, "Output"));
     json_decref(all);
     return st;
 }
@@ -398,7 +78,7 @@ static size_t healthy(client_t *c, const char *name)
 {
     char target[256];
     snprintf(target, sizeof(target), "/v1/health/service/%s?passing", name);
-    json_t *arr = get(c, target, NULL);
+    json_t *arr = get_json(c, target, NULL);
     size_t n = json_array_size(arr);
     json_decref(arr);
     return n;
@@ -412,55 +92,55 @@ static const char WEB[] = "{\"Name\":\"web\",\"ID\":\"web-1\",\"Tags\":[\"a\",\"
 
 static void test_register_shapes(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register", WEB);
 
-    json_t *all = get(c, "/v1/agent/services", NULL);
+    json_t *all = get_json(c, "/v1/agent/services", NULL);
     json_t *s = json_object_get(all, "web-1");
     assert_non_null(s);
-    assert_string_equal(jstr(s, "ID"), "web-1");
-    assert_string_equal(jstr(s, "Service"), "web");
-    assert_string_equal(jstr(s, "Address"), "10.0.0.1");
-    assert_string_equal(jstr(s, "Datacenter"), "dc1");
+    assert_string_equal(json_str(s, "ID"), "web-1");
+    assert_string_equal(json_str(s, "Service"), "web");
+    assert_string_equal(json_str(s, "Address"), "10.0.0.1");
+    assert_string_equal(json_str(s, "Datacenter"), "dc1");
     assert_int_equal(jint(s, "Port"), 8080);
     assert_int_equal(json_array_size(json_object_get(s, "Tags")), 2);
-    assert_string_equal(jstr(json_object_get(s, "Meta"), "v"), "1");
+    assert_string_equal(json_str(json_object_get(s, "Meta"), "v"), "1");
     assert_int_equal(jint(json_object_get(s, "Weights"), "Passing"), 1);
     assert_int_equal(jint(json_object_get(s, "Weights"), "Warning"), 1);
     assert_true(json_is_false(json_object_get(s, "EnableTagOverride")));
     json_decref(all);
-    json_t *one = get(c, "/v1/agent/service/web-1", NULL);
-    assert_string_equal(jstr(one, "Service"), "web");
+    json_t *one = get_json(c, "/v1/agent/service/web-1", NULL);
+    assert_string_equal(json_str(one, "Service"), "web");
     json_decref(one);
 
-    all = get(c, "/v1/agent/checks", NULL);
+    all = get_json(c, "/v1/agent/checks", NULL);
     json_t *ck = json_object_get(all, "service:web-1");
     assert_non_null(ck);
-    assert_string_equal(jstr(ck, "Node"), "node-1");
-    assert_string_equal(jstr(ck, "CheckID"), "service:web-1");
-    assert_string_equal(jstr(ck, "Name"), "Service 'web' check");
-    assert_string_equal(jstr(ck, "Status"), "critical"); /* Consul's initial status */
-    assert_string_equal(jstr(ck, "Notes"), "n");
-    assert_string_equal(jstr(ck, "ServiceID"), "web-1");
-    assert_string_equal(jstr(ck, "ServiceName"), "web");
-    assert_string_equal(jstr(ck, "Type"), "ttl");
+    assert_string_equal(json_str(ck, "Node"), "node-1");
+    assert_string_equal(json_str(ck, "CheckID"), "service:web-1");
+    assert_string_equal(json_str(ck, "Name"), "Service 'web' check");
+    assert_string_equal(json_str(ck, "Status"), "critical"); /* Consul's initial status */
+    assert_string_equal(json_str(ck, "Notes"), "n");
+    assert_string_equal(json_str(ck, "ServiceID"), "web-1");
+    assert_string_equal(json_str(ck, "ServiceName"), "web");
+    assert_string_equal(json_str(ck, "Type"), "ttl");
     assert_int_equal(json_array_size(json_object_get(ck, "ServiceTags")), 2);
     assert_true(jint(ck, "ModifyIndex") >= jint(ck, "CreateIndex"));
     json_decref(all);
 
     uint64_t idx;
-    json_t *arr = get(c, "/v1/catalog/service/web", &idx);
+    json_t *arr = get_json(c, "/v1/catalog/service/web", &idx);
     assert_true(idx > 0);
     assert_int_equal(json_array_size(arr), 1);
     json_t *cs = json_array_get(arr, 0);
-    assert_string_equal(jstr(cs, "ID"), "11111111-2222-4333-8444-555555555555");
-    assert_string_equal(jstr(cs, "Node"), "node-1");
-    assert_string_equal(jstr(cs, "Address"), "127.0.0.1");
-    assert_string_equal(jstr(cs, "Datacenter"), "dc1");
-    assert_string_equal(jstr(cs, "ServiceID"), "web-1");
-    assert_string_equal(jstr(cs, "ServiceName"), "web");
-    assert_string_equal(jstr(cs, "ServiceAddress"), "10.0.0.1");
+    assert_string_equal(json_str(cs, "ID"), "11111111-2222-4333-8444-555555555555");
+    assert_string_equal(json_str(cs, "Node"), "node-1");
+    assert_string_equal(json_str(cs, "Address"), "127.0.0.1");
+    assert_string_equal(json_str(cs, "Datacenter"), "dc1");
+    assert_string_equal(json_str(cs, "ServiceID"), "web-1");
+    assert_string_equal(json_str(cs, "ServiceName"), "web");
+    assert_string_equal(json_str(cs, "ServiceAddress"), "10.0.0.1");
     assert_int_equal(jint(cs, "ServicePort"), 8080);
     assert_non_null(json_object_get(cs, "TaggedAddresses"));
     assert_non_null(json_object_get(cs, "NodeMeta"));
@@ -470,51 +150,51 @@ static void test_register_shapes(void **state)
     assert_int_equal(jint(cs, "ModifyIndex"), idx);
     json_decref(arr);
 
-    arr = get(c, "/v1/catalog/service/web?tag=b", NULL);
+    arr = get_json(c, "/v1/catalog/service/web?tag=b", NULL);
     assert_int_equal(json_array_size(arr), 1);
     json_decref(arr);
-    arr = get(c, "/v1/catalog/service/web?tag=zzz", NULL);
+    arr = get_json(c, "/v1/catalog/service/web?tag=zzz", NULL);
     assert_int_equal(json_array_size(arr), 0);
     json_decref(arr);
-    arr = get(c, "/v1/health/service/web?tag=a&tag=b", NULL);
+    arr = get_json(c, "/v1/health/service/web?tag=a&tag=b", NULL);
     assert_int_equal(json_array_size(arr), 1);
     json_decref(arr);
-    arr = get(c, "/v1/health/service/web?tag=a&tag=zzz", NULL);
+    arr = get_json(c, "/v1/health/service/web?tag=a&tag=zzz", NULL);
     assert_int_equal(json_array_size(arr), 0);
     json_decref(arr);
 
-    arr = get(c, "/v1/health/service/web", NULL);
+    arr = get_json(c, "/v1/health/service/web", NULL);
     assert_int_equal(json_array_size(arr), 1);
     json_t *e = json_array_get(arr, 0);
     json_t *node = json_object_get(e, "Node");
-    assert_string_equal(jstr(node, "Node"), "node-1");
-    assert_string_equal(jstr(node, "ID"), "11111111-2222-4333-8444-555555555555");
-    assert_string_equal(jstr(node, "Datacenter"), "dc1");
+    assert_string_equal(json_str(node, "Node"), "node-1");
+    assert_string_equal(json_str(node, "ID"), "11111111-2222-4333-8444-555555555555");
+    assert_string_equal(json_str(node, "Datacenter"), "dc1");
     assert_non_null(json_object_get(node, "Meta"));
-    assert_string_equal(jstr(json_object_get(e, "Service"), "ID"), "web-1");
+    assert_string_equal(json_str(json_object_get(e, "Service"), "ID"), "web-1");
     json_t *checks = json_object_get(e, "Checks");
     assert_int_equal(json_array_size(checks), 2);
-    assert_string_equal(jstr(json_array_get(checks, 0), "CheckID"), "serfHealth");
-    assert_string_equal(jstr(json_array_get(checks, 0), "Status"), "passing");
-    assert_string_equal(jstr(json_array_get(checks, 1), "CheckID"), "service:web-1");
+    assert_string_equal(json_str(json_array_get(checks, 0), "CheckID"), "serfHealth");
+    assert_string_equal(json_str(json_array_get(checks, 0), "Status"), "passing");
+    assert_string_equal(json_str(json_array_get(checks, 1), "CheckID"), "service:web-1");
     json_decref(arr);
 
-    json_t *svcs = get(c, "/v1/catalog/services", NULL);
+    json_t *svcs = get_json(c, "/v1/catalog/services", NULL);
     assert_int_equal(json_array_size(json_object_get(svcs, "web")), 2);
     json_decref(svcs);
-    arr = get(c, "/v1/catalog/nodes", NULL);
-    assert_string_equal(jstr(json_array_get(arr, 0), "Node"), "node-1");
+    arr = get_json(c, "/v1/catalog/nodes", NULL);
+    assert_string_equal(json_str(json_array_get(arr, 0), "Node"), "node-1");
     json_decref(arr);
-    json_t *n = get(c, "/v1/catalog/node/node-1", NULL);
+    json_t *n = get_json(c, "/v1/catalog/node/node-1", NULL);
     assert_non_null(json_object_get(json_object_get(n, "Services"), "web-1"));
     json_decref(n);
-    arr = get(c, "/v1/health/checks/web", NULL);
+    arr = get_json(c, "/v1/health/checks/web", NULL);
     assert_int_equal(json_array_size(arr), 1);
     json_decref(arr);
-    arr = get(c, "/v1/health/state/critical", NULL);
+    arr = get_json(c, "/v1/health/state/critical", NULL);
     assert_int_equal(json_array_size(arr), 1);
     json_decref(arr);
-    arr = get(c, "/v1/health/state/any", NULL);
+    arr = get_json(c, "/v1/health/state/any", NULL);
     assert_int_equal(json_array_size(arr), 2);
     json_decref(arr);
     assert_int_equal(metric("trellis_registry_services"), 1);
@@ -524,7 +204,7 @@ static void test_register_shapes(void **state)
 
 static void test_passing_filter_and_ttl_updates(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register", WEB);
     assert_int_equal(healthy(c, "web"), 0);
@@ -545,9 +225,9 @@ static void test_passing_filter_and_ttl_updates(void **state)
 
     /* An unchanged status and output takes no new index. */
     uint64_t before, after;
-    json_decref(get(c, "/v1/health/service/web", &before));
+    json_decref(get_json(c, "/v1/health/service/web", &before));
     put_ok(c, "/v1/agent/check/fail/service:web-1", NULL);
-    json_decref(get(c, "/v1/health/service/web", &after));
+    json_decref(get_json(c, "/v1/health/service/web", &after));
     assert_int_equal(before, after);
 
     resp_t r = {0};
@@ -560,39 +240,39 @@ static void test_passing_filter_and_ttl_updates(void **state)
 
 static void test_check_ids_replace_deregister(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register",
            "{\"name\":\"api\",\"checks\":[{\"ttl\":\"10s\"},{\"TTL\":\"5s\",\"Status\":\"passing\"}"
            "]}");
-    json_t *all = get(c, "/v1/agent/checks", NULL);
+    json_t *all = get_json(c, "/v1/agent/checks", NULL);
     assert_int_equal(json_object_size(all), 2);
     assert_non_null(json_object_get(all, "service:api:1"));
-    assert_string_equal(jstr(json_object_get(all, "service:api:2"), "Status"), "passing");
+    assert_string_equal(json_str(json_object_get(all, "service:api:2"), "Status"), "passing");
     json_decref(all);
 
     put_ok(c, "/v1/agent/service/register",
            "{\"Name\":\"api\",\"Port\":9,\"Check\":{\"TTL\":\"10s\"}}");
-    all = get(c, "/v1/agent/checks", NULL);
+    all = get_json(c, "/v1/agent/checks", NULL);
     assert_int_equal(json_object_size(all), 1);
     assert_non_null(json_object_get(all, "service:api"));
     json_decref(all);
-    all = get(c, "/v1/agent/services", NULL);
+    all = get_json(c, "/v1/agent/services", NULL);
     assert_int_equal(jint(json_object_get(all, "api"), "Port"), 9);
     json_decref(all);
 
     /* A standalone check on the service, then deregistering everything. */
     put_ok(c, "/v1/agent/check/register",
            "{\"Name\":\"disk\",\"ServiceID\":\"api\",\"TTL\":\"1m\"}");
-    all = get(c, "/v1/health/checks/api", NULL);
+    all = get_json(c, "/v1/health/checks/api", NULL);
     assert_int_equal(json_array_size(all), 2);
     json_decref(all);
     put_ok(c, "/v1/agent/check/deregister/disk", NULL);
     put_ok(c, "/v1/agent/service/deregister/api", NULL);
-    all = get(c, "/v1/agent/services", NULL);
+    all = get_json(c, "/v1/agent/services", NULL);
     assert_int_equal(json_object_size(all), 0);
     json_decref(all);
-    all = get(c, "/v1/agent/checks", NULL);
+    all = get_json(c, "/v1/agent/checks", NULL);
     assert_int_equal(json_object_size(all), 0);
     json_decref(all);
     resp_t r = {0};
@@ -607,18 +287,18 @@ static void test_check_ids_replace_deregister(void **state)
 
 static void test_maintenance(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register", WEB);
     put_ok(c, "/v1/agent/check/pass/service:web-1", NULL);
     assert_int_equal(healthy(c, "web"), 1);
     put_ok(c, "/v1/agent/service/maintenance/web-1?enable=true&reason=upgrade", NULL);
-    json_t *all = get(c, "/v1/agent/checks", NULL);
+    json_t *all = get_json(c, "/v1/agent/checks", NULL);
     json_t *m = json_object_get(all, "_service_maintenance:web-1");
     assert_non_null(m);
-    assert_string_equal(jstr(m, "Status"), "critical");
-    assert_string_equal(jstr(m, "Notes"), "upgrade");
-    assert_string_equal(jstr(m, "ServiceID"), "web-1");
+    assert_string_equal(json_str(m, "Status"), "critical");
+    assert_string_equal(json_str(m, "Notes"), "upgrade");
+    assert_string_equal(json_str(m, "ServiceID"), "web-1");
     json_decref(all);
     assert_int_equal(healthy(c, "web"), 0);
     put_ok(c, "/v1/agent/service/maintenance/web-1?enable=false", NULL);
@@ -632,12 +312,12 @@ static void test_maintenance(void **state)
 
 static void test_blocking_scoped(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
     put_ok(c, "/v1/agent/service/register", "{\"Name\":\"a\",\"Check\":{\"TTL\":\"10s\"}}");
     put_ok(c, "/v1/agent/service/register", "{\"Name\":\"b\",\"Check\":{\"TTL\":\"10s\"}}");
     uint64_t ia;
-    json_decref(get(c, "/v1/health/service/a", &ia));
+    json_decref(get_json(c, "/v1/health/service/a", &ia));
     char target[128];
     snprintf(target, sizeof(target), "/v1/health/service/a?index=%llu&wait=5s",
              (unsigned long long)ia);
@@ -659,13 +339,13 @@ static void test_blocking_scoped(void **state)
     assert_true(index_of(&r) > ia);
     json_t *arr = body_json(&r);
     assert_string_equal(
-        jstr(json_array_get(json_object_get(json_array_get(arr, 0), "Checks"), 1), "Status"),
+        json_str(json_array_get(json_object_get(json_array_get(arr, 0), "Checks"), 1), "Status"),
         "passing");
     json_decref(arr);
 
     /* A catalog watcher on b wakes when b is deregistered (its tombstone). */
     uint64_t ib;
-    json_decref(get(c, "/v1/catalog/service/b", &ib));
+    json_decref(get_json(c, "/v1/catalog/service/b", &ib));
     snprintf(target, sizeof(target), "/v1/catalog/service/b?index=%llu", (unsigned long long)ib);
     send_req(w, "GET", target, NULL, 0);
     fx_sleep(f, 20);
@@ -678,7 +358,7 @@ static void test_blocking_scoped(void **state)
     json_decref(arr);
 
     /* A short wait answers with the same index. */
-    json_decref(get(c, "/v1/health/service/a", &ia));
+    json_decref(get_json(c, "/v1/health/service/a", &ia));
     snprintf(target, sizeof(target), "/v1/health/service/a?index=%llu&wait=50ms",
              (unsigned long long)ia);
     call(w, "GET", target, NULL, 0, &r);
@@ -689,7 +369,7 @@ static void test_blocking_scoped(void **state)
 
 static void test_ttl_expiry(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register", "{\"Name\":\"t\",\"Check\":{\"TTL\":\"100ms\"}}");
     put_ok(c, "/v1/agent/check/pass/service:t", NULL);
@@ -707,32 +387,32 @@ static void test_ttl_expiry(void **state)
 
 static void test_persistence(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/agent/service/register", WEB);
     put_ok(c, "/v1/agent/service/register", "{\"Name\":\"gone\"}");
     put_ok(c, "/v1/agent/service/deregister/gone", NULL);
     put_ok(c, "/v1/agent/check/pass/service:web-1?note=ok", NULL);
     uint64_t before;
-    json_decref(get(c, "/v1/health/service/web", &before));
+    json_decref(get_json(c, "/v1/health/service/web", &before));
     uint64_t gone;
-    json_decref(get(c, "/v1/catalog/service/gone", &gone));
+    json_decref(get_json(c, "/v1/catalog/service/gone", &gone));
 
     cat_close(f);
     cat_open(f);
     uint64_t after;
-    json_t *arr = get(c, "/v1/health/service/web", &after);
+    json_t *arr = get_json(c, "/v1/health/service/web", &after);
     assert_int_equal(after, before);
     json_t *e = json_array_get(arr, 0);
     assert_int_equal(jint(json_object_get(e, "Service"), "Port"), 8080);
     json_decref(arr);
-    json_decref(get(c, "/v1/catalog/service/gone", &after));
+    json_decref(get_json(c, "/v1/catalog/service/gone", &after));
     assert_int_equal(after, gone); /* the tombstone survived */
     char out[64];
     assert_string_equal(check_status(c, "service:web-1", out, sizeof(out)), "passing");
     assert_string_equal(out, "ok");
     put_ok(c, "/v1/agent/check/fail/service:web-1", NULL);
-    json_decref(get(c, "/v1/health/service/web", &after));
+    json_decref(get_json(c, "/v1/health/service/web", &after));
     assert_true(after > before);
     fx_finish(f);
 }
@@ -748,7 +428,7 @@ static void expect_400(client_t *c, const char *target, const char *body, const 
 
 static void test_bad_inputs(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     const char *reg = "/v1/agent/service/register";
     expect_400(c, reg, "{\"Port\":1}", "missing service Name");
@@ -774,7 +454,7 @@ static void test_bad_inputs(void **state)
     assert_int_equal(r.status, 400);
     call(c, "POST", "/v1/agent/services", NULL, 0, &r);
     assert_int_equal(r.status, 405);
-    json_t *all = get(c, "/v1/agent/services", NULL);
+    json_t *all = get_json(c, "/v1/agent/services", NULL);
     assert_int_equal(json_object_size(all), 0);
     json_decref(all);
     tr_buf_free(&r.body);
@@ -783,7 +463,7 @@ static void test_bad_inputs(void **state)
 
 static size_t service_count(client_t *c)
 {
-    json_t *all = get(c, "/v1/agent/services", NULL);
+    json_t *all = get_json(c, "/v1/agent/services", NULL);
     size_t n = json_object_size(all);
     json_decref(all);
     return n;
@@ -791,7 +471,7 @@ static size_t service_count(client_t *c)
 
 static void test_reap_and_edges(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     double changes = metric("trellis_registry_check_status_changes_total{status=\"passing\"}");
     put_ok(c, "/v1/agent/service/register",
@@ -799,7 +479,7 @@ static void test_reap_and_edges(void **state)
            "\"DeregisterCriticalServiceAfter\":\"10ms\"}}");
     /* An empty check object is no check, as in Consul. */
     put_ok(c, "/v1/agent/service/register", "{\"Name\":\"e\",\"Check\":{}}");
-    json_t *all = get(c, "/v1/agent/checks", NULL);
+    json_t *all = get_json(c, "/v1/agent/checks", NULL);
     assert_int_equal(json_object_size(all), 1);
     json_decref(all);
 
@@ -817,15 +497,15 @@ static void test_reap_and_edges(void **state)
     tr_buf_append_str(&big, "\"}");
     put_ok(c, "/v1/agent/check/update/service:r", tr_buf_cstr(&big));
     tr_buf_free(&big);
-    all = get(c, "/v1/agent/checks", NULL);
-    assert_int_equal(strlen(jstr(json_object_get(all, "service:r"), "Output")), 4096);
+    all = get_json(c, "/v1/agent/checks", NULL);
+    assert_int_equal(strlen(json_str(json_object_get(all, "service:r"), "Output")), 4096);
     json_decref(all);
 
     /* Critical longer than DeregisterCriticalServiceAfter: the service is reaped. */
     put_ok(c, "/v1/agent/check/fail/service:r", NULL);
     for (int i = 0; i < 150 && service_count(c) == 2; i++)
         fx_sleep(f, 20);
-    all = get(c, "/v1/agent/services", NULL);
+    all = get_json(c, "/v1/agent/services", NULL);
     assert_null(json_object_get(all, "r"));
     assert_non_null(json_object_get(all, "e"));
     json_decref(all);
@@ -856,7 +536,7 @@ static void on_target_done(void *data)
 
 static void test_http_check(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     target_t t = {.status = 200};
     struct sockaddr_storage addr, bound;
@@ -877,11 +557,11 @@ static void test_http_check(void **state)
     for (int i = 0; i < 100 && strcmp(check_status(c, "service:h", NULL, 0), "passing"); i++)
         fx_sleep(f, 20);
     assert_string_equal(check_status(c, "service:h", NULL, 0), "passing");
-    json_t *all = get(c, "/v1/agent/checks", NULL);
+    json_t *all = get_json(c, "/v1/agent/checks", NULL);
     json_t *ck = json_object_get(all, "service:h");
-    assert_string_equal(jstr(ck, "Type"), "http");
-    assert_string_equal(jstr(ck, "Interval"), "100ms");
-    assert_non_null(strstr(jstr(ck, "Output"), "200"));
+    assert_string_equal(json_str(ck, "Type"), "http");
+    assert_string_equal(json_str(ck, "Interval"), "100ms");
+    assert_non_null(strstr(json_str(ck, "Output"), "200"));
     assert_non_null(
         json_object_get(json_object_get(json_object_get(ck, "Definition"), "Header"), "X-A"));
     json_decref(all);
@@ -900,22 +580,22 @@ static void test_http_check(void **state)
 
 static void test_agent_members_join(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
-    json_t *m = get(c, "/v1/agent/members", NULL);
+    json_t *m = get_json(c, "/v1/agent/members", NULL);
     assert_int_equal(json_array_size(m), 1);
     json_t *me = json_array_get(m, 0);
-    assert_string_equal(jstr(me, "Name"), "node-1");
-    assert_string_equal(jstr(me, "Addr"), "127.0.0.1");
+    assert_string_equal(json_str(me, "Name"), "node-1");
+    assert_string_equal(json_str(me, "Addr"), "127.0.0.1");
     assert_int_equal(jint(me, "Port"), 8301);
     assert_int_equal(jint(me, "Status"), 1);
-    assert_string_equal(jstr(json_object_get(me, "Tags"), "role"), "consul");
-    assert_string_equal(jstr(json_object_get(me, "Tags"), "dc"), "dc1");
+    assert_string_equal(json_str(json_object_get(me, "Tags"), "role"), "consul");
+    assert_string_equal(json_str(json_object_get(me, "Tags"), "dc"), "dc1");
     json_decref(m);
-    m = get(c, "/v1/agent/members?wan=1", NULL);
-    assert_string_equal(jstr(json_array_get(m, 0), "Name"), "node-1.dc1");
+    m = get_json(c, "/v1/agent/members?wan=1", NULL);
+    assert_string_equal(json_str(json_array_get(m, 0), "Name"), "node-1.dc1");
     json_decref(m);
-    json_t *dcs = get(c, "/v1/catalog/datacenters", NULL);
+    json_t *dcs = get_json(c, "/v1/catalog/datacenters", NULL);
     assert_int_equal(json_array_size(dcs), 1);
     assert_string_equal(json_string_value(json_array_get(dcs, 0)), "dc1");
     json_decref(dcs);
@@ -943,80 +623,80 @@ static const char FOOBAR[] =
 /* Nodes registered through /v1/catalog/register, read back through every view. */
 static void test_catalog_register(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     uint64_t before, idx;
     /* A first write, so that the index visibly moves (an empty store also reports 1). */
     put_ok(c, "/v1/catalog/register", "{\"Node\":\"other\",\"Address\":\"10.0.0.9\"}");
-    json_decref(get(c, "/v1/catalog/nodes", &before));
+    json_decref(get_json(c, "/v1/catalog/nodes", &before));
     resp_t r = {0};
     assert_int_equal(put(c, "/v1/catalog/register", FOOBAR, &r), 200);
     assert_string_equal(r.body.data, "true");
     tr_buf_free(&r.body);
 
-    json_t *node = get(c, "/v1/catalog/node/foobar", &idx);
+    json_t *node = get_json(c, "/v1/catalog/node/foobar", &idx);
     assert_true(idx > before);
-    assert_string_equal(jstr(json_object_get(node, "Node"), "Address"), "192.168.10.10");
+    assert_string_equal(json_str(json_object_get(node, "Node"), "Address"), "192.168.10.10");
     json_t *svc = json_object_get(json_object_get(node, "Services"), "redis1");
     assert_non_null(svc);
-    assert_string_equal(jstr(svc, "Service"), "redis");
+    assert_string_equal(json_str(svc, "Service"), "redis");
     assert_int_equal(jint(svc, "Port"), 8000);
     json_decref(node);
 
-    json_t *hc = get(c, "/v1/health/node/foobar", NULL);
+    json_t *hc = get_json(c, "/v1/health/node/foobar", NULL);
     assert_int_equal(json_array_size(hc), 1);
-    assert_string_equal(jstr(json_array_get(hc, 0), "CheckID"), "service:redis1");
-    assert_string_equal(jstr(json_array_get(hc, 0), "Status"), "passing");
-    assert_string_equal(jstr(json_array_get(hc, 0), "ServiceName"), "redis");
+    assert_string_equal(json_str(json_array_get(hc, 0), "CheckID"), "service:redis1");
+    assert_string_equal(json_str(json_array_get(hc, 0), "Status"), "passing");
+    assert_string_equal(json_str(json_array_get(hc, 0), "ServiceName"), "redis");
     json_decref(hc);
-    hc = get(c, "/v1/health/node/node-1", NULL);
-    assert_string_equal(jstr(json_array_get(hc, 0), "CheckID"), "serfHealth");
+    hc = get_json(c, "/v1/health/node/node-1", NULL);
+    assert_string_equal(json_str(json_array_get(hc, 0), "CheckID"), "serfHealth");
     json_decref(hc);
-    hc = get(c, "/v1/health/node/nobody", NULL);
+    hc = get_json(c, "/v1/health/node/nobody", NULL);
     assert_int_equal(json_array_size(hc), 0);
     json_decref(hc);
 
-    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    json_t *nodes = get_json(c, "/v1/catalog/nodes", NULL);
     assert_int_equal(json_array_size(nodes), 3);
     json_decref(nodes);
-    json_t *all = get(c, "/v1/catalog/services", NULL);
+    json_t *all = get_json(c, "/v1/catalog/services", NULL);
     assert_int_equal(json_array_size(json_object_get(all, "redis")), 2);
     assert_non_null(json_object_get(all, "consul")); /* the server's own service */
     json_decref(all);
-    json_t *list = get(c, "/v1/catalog/service/redis?tag=master", NULL);
+    json_t *list = get_json(c, "/v1/catalog/service/redis?tag=master", NULL);
     assert_int_equal(json_array_size(list), 1);
-    assert_string_equal(jstr(json_array_get(list, 0), "Node"), "foobar");
+    assert_string_equal(json_str(json_array_get(list, 0), "Node"), "foobar");
     assert_int_equal(jint(json_array_get(list, 0), "ServicePort"), 8000);
     json_decref(list);
-    list = get(c, "/v1/catalog/service/redis?tag=nope", NULL);
+    list = get_json(c, "/v1/catalog/service/redis?tag=nope", NULL);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
-    list = get(c, "/v1/catalog/service/consul", NULL);
+    list = get_json(c, "/v1/catalog/service/consul", NULL);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
-    list = get(c, "/v1/health/service/redis?passing", NULL);
+    list = get_json(c, "/v1/health/service/redis?passing", NULL);
     assert_int_equal(json_array_size(list), 1);
     assert_int_equal(json_array_size(json_object_get(json_array_get(list, 0), "Checks")), 1);
     json_decref(list);
-    list = get(c, "/v1/health/checks/redis", NULL);
+    list = get_json(c, "/v1/health/checks/redis", NULL);
     assert_int_equal(json_array_size(list), 1);
     json_decref(list);
 
     /* A check without a status starts critical, and drops the service from ?passing. */
     put_ok(c, "/v1/catalog/register",
            "{\"Node\":\"foobar\",\"Address\":\"192.168.10.10\",\"Check\":{\"Name\":\"disk\"}}");
-    list = get(c, "/v1/health/state/critical", NULL);
+    list = get_json(c, "/v1/health/state/critical", NULL);
     assert_int_equal(json_array_size(list), 1);
-    assert_string_equal(jstr(json_array_get(list, 0), "CheckID"), "disk");
+    assert_string_equal(json_str(json_array_get(list, 0), "CheckID"), "disk");
     json_decref(list);
-    list = get(c, "/v1/health/service/redis?passing", NULL);
+    list = get_json(c, "/v1/health/service/redis?passing", NULL);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
 
     /* Persisted before the answer: a reopened catalog has the node. */
     cat_close(f);
     cat_open(f);
-    node = get(c, "/v1/catalog/node/foobar", &before);
+    node = get_json(c, "/v1/catalog/node/foobar", &before);
     assert_non_null(json_object_get(json_object_get(node, "Services"), "redis1"));
     json_decref(node);
     fx_finish(f);
@@ -1024,26 +704,26 @@ static void test_catalog_register(void **state)
 
 static void test_catalog_deregister(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     put_ok(c, "/v1/catalog/register", FOOBAR);
     uint64_t before, idx;
-    json_decref(get(c, "/v1/catalog/nodes", &before));
+    json_decref(get_json(c, "/v1/catalog/nodes", &before));
     /* Clients send "" for the fields they leave out. */
     put_ok(c, "/v1/catalog/deregister",
            "{\"Node\":\"foobar\",\"ServiceID\":\"redis1\",\"CheckID\":\"\"}");
-    json_t *node = get(c, "/v1/catalog/node/foobar", &idx);
+    json_t *node = get_json(c, "/v1/catalog/node/foobar", &idx);
     assert_true(idx > before);
     assert_int_equal(json_object_size(json_object_get(node, "Services")), 0);
     json_decref(node);
-    json_t *hc = get(c, "/v1/health/node/foobar", NULL);
+    json_t *hc = get_json(c, "/v1/health/node/foobar", NULL);
     assert_int_equal(json_array_size(hc), 0); /* the service's check went with it */
     json_decref(hc);
 
     put_ok(c, "/v1/catalog/register",
            "{\"Node\":\"foobar\",\"Address\":\"10.0.0.2\",\"Check\":{\"CheckID\":\"c1\"}}");
     put_ok(c, "/v1/catalog/deregister", "{\"Node\":\"foobar\",\"CheckID\":\"c1\"}");
-    hc = get(c, "/v1/health/node/foobar", NULL);
+    hc = get_json(c, "/v1/health/node/foobar", NULL);
     assert_int_equal(json_array_size(hc), 0);
     json_decref(hc);
 
@@ -1057,7 +737,7 @@ static void test_catalog_deregister(void **state)
     cat_open(f);
     call(c, "GET", "/v1/catalog/node/foobar", NULL, 0, &r);
     assert_string_equal(r.body.data, "null");
-    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    json_t *nodes = get_json(c, "/v1/catalog/nodes", NULL);
     assert_int_equal(json_array_size(nodes), 1);
     json_decref(nodes);
     tr_buf_free(&r.body);
@@ -1079,7 +759,7 @@ static void test_catalog_register_bad(void **state)
         "{\"Node\":5,\"Address\":\"10.0.0.1\"}",
         "[]",
     };
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -1089,7 +769,7 @@ static void test_catalog_register_bad(void **state)
     assert_int_equal(put(c, "/v1/catalog/deregister", "{}", &r), 400);
     call(c, "GET", "/v1/catalog/register", NULL, 0, &r);
     assert_int_equal(r.status, 405);
-    json_t *nodes = get(c, "/v1/catalog/nodes", NULL);
+    json_t *nodes = get_json(c, "/v1/catalog/nodes", NULL);
     assert_int_equal(json_array_size(nodes), 1); /* nothing refused was stored */
     json_decref(nodes);
     tr_buf_free(&r.body);

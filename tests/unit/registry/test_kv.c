@@ -1,10 +1,4 @@
 /* Unit tests for the Consul KV endpoint, over the real HTTP server and a raw client. */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -13,373 +7,28 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/buf.h"
+#include "fixture.h"
 #include "registry/kv.h"
 #include "trellis/http.h"
 #include "trellis/metrics.h"
 #include "trellis/net.h"
 
-#define MAX_CLIENT 3
-#define WAIT_MS    5000
-
-typedef struct fx_s fx_t;
-
-typedef struct client_s {
-    uv_tcp_t tcp;
-    uv_connect_t connect;
-    fx_t *f;
-    tr_buf_t in;
-    bool used, connected, eof, closing, closed;
-    int error;
-} client_t;
-
-/* One parsed response. */
-typedef struct resp_s {
-    int status;
-    char head[2048];
-    tr_buf_t body;
-} resp_t;
-
-struct fx_s {
-    uv_loop_t loop;
-    uv_timer_t deadline, sleep;
-    bool timed_out, slept, srv_done;
-    tr_http_server_t *srv;
-    int port;
-    char dir[64], db[96];
-    tr_store_t *st;
-    tr_kv_t *kv;
-    client_t c[MAX_CLIENT];
-};
-
-/* ---- loop helpers */
-
-static void on_deadline(uv_timer_t *t)
-{
-    ((fx_t *)t->data)->timed_out = true;
-}
-
-#define RUN_UNTIL(f, cond)                                                                         \
-    do {                                                                                           \
-        (f)->timed_out = false;                                                                    \
-        uv_timer_start(&(f)->deadline, on_deadline, WAIT_MS, 0);                                   \
-        while (!(cond) && !(f)->timed_out)                                                         \
-            uv_run(&(f)->loop, UV_RUN_ONCE);                                                       \
-        uv_timer_stop(&(f)->deadline);                                                             \
-        if ((f)->timed_out) fail_msg("timed out waiting for: %s", #cond);                          \
-    } while (0)
-
-static void on_sleep(uv_timer_t *t)
-{
-    ((fx_t *)t->data)->slept = true;
-}
-
-static void fx_sleep(fx_t *f, uint64_t ms)
-{
-    f->slept = false;
-    uv_timer_start(&f->sleep, on_sleep, ms, 0);
-    RUN_UNTIL(f, f->slept);
-}
-
 /* ---- the server side: a router like the registry's, /v1/kv/<percent-decoded key> */
 
 static void on_request(tr_http_req_t *req, void *data)
 {
-    fx_t *f = data;
-    static const char prefix[] = "/v1/kv/";
-    size_t plen = sizeof(prefix) - 1;
-    if (req->path_len < plen || memcmp(req->path, prefix, plen) != 0) {
-        tr_http_res_send(req, 404, NULL, NULL, 0);
-        return;
-    }
-    size_t n = req->path_len - plen;
-    char *key = tr_http_req_alloc(req, n + 1);
-    if (tr_http_percent_decode(key, req->path + plen, n) < 0) {
-        tr_http_res_send(req, 400, NULL, NULL, 0);
-        return;
-    }
-    tr_kv_handle(f->kv, req, key);
-}
-
-static void kv_open(fx_t *f)
-{
-    char err[256] = "";
-    if (tr_store_open(f->db, &f->st, err, sizeof(err))) fail_msg("store: %s", err);
-    if (tr_kv_open(&f->loop, f->st, &f->kv, err, sizeof(err))) fail_msg("kv: %s", err);
-}
-
-static void kv_close(fx_t *f)
-{
-    tr_kv_close(f->kv);
-    f->kv = NULL;
-    tr_store_close(f->st);
-    f->st = NULL;
-}
-
-/* ---- the client side */
-
-static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    static char space[64 * 1024];
-    *buf = uv_buf_init(space, sizeof(space));
-}
-
-static void on_client_closed(uv_handle_t *h)
-{
-    ((client_t *)h->data)->closed = true;
-}
-
-static void client_close(client_t *c)
-{
-    if (!c->used || c->closing) return;
-    c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, on_client_closed);
-}
-
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    client_t *c = s->data;
-    if (nread > 0) tr_buf_append(&c->in, buf->base, (size_t)nread);
-    if (nread < 0) {
-        c->eof = true;
-        client_close(c);
-    }
-}
-
-static void on_client_connect(uv_connect_t *req, int status)
-{
-    client_t *c = req->data;
-    c->error = status;
-    if (status < 0) return;
-    c->connected = true;
-    uv_read_start((uv_stream_t *)&c->tcp, on_client_alloc, on_client_read);
-}
-
-static client_t *client_open(fx_t *f, int i)
-{
-    client_t *c = &f->c[i];
-    tr_buf_free(&c->in);
-    memset(c, 0, sizeof(*c));
-    c->f = f;
-    c->used = true;
-    uv_tcp_init(&f->loop, &c->tcp);
-    c->tcp.data = c;
-    c->connect.data = c;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", f->port, &a);
-    assert_int_equal(uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&a, on_client_connect),
-                     0);
-    RUN_UNTIL(f, c->connected || c->error);
-    assert_true(c->connected);
-    return c;
-}
-
-typedef struct cwrite_s {
-    uv_write_t w;
-    char data[];
-} cwrite_t;
-
-static void on_client_write(uv_write_t *w, int status)
-{
-    free(w);
-}
-
-static void client_send(client_t *c, const char *data, size_t len)
-{
-    cwrite_t *w = malloc(sizeof(*w) + len);
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    assert_int_equal(uv_write(&w->w, (uv_stream_t *)&c->tcp, &b, 1, on_client_write), 0);
-}
-
-/* Sends one request; `body` may be NULL. */
-static void send_req(client_t *c, const char *method, const char *target, const void *body,
-                     size_t len)
-{
-    char head[1024];
-    int n = snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: t\r\n", method, target);
-    if (body) n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %zu\r\n", len);
-    n += snprintf(head + n, sizeof(head) - (size_t)n, "\r\n");
-    tr_buf_t b = TR_BUF_INIT;
-    tr_buf_append(&b, head, (size_t)n);
-    if (body) tr_buf_append(&b, body, len);
-    client_send(c, b.data, b.len);
-    tr_buf_free(&b);
-}
-
-/* Length of the first complete response in `in`, or 0 while it is incomplete. */
-static size_t response_len(const tr_buf_t *in)
-{
-    const char *s = tr_buf_cstr((tr_buf_t *)in);
-    const char *end = strstr(s, "\r\n\r\n");
-    if (!end) return 0;
-    size_t head = (size_t)(end - s) + 4;
-    const char *cl = strcasestr(s, "\r\nContent-Length: ");
-    size_t body = cl && cl < end ? strtoul(cl + 18, NULL, 10) : 0;
-    return in->len >= head + body ? head + body : 0;
-}
-
-static bool has_response(client_t *c)
-{
-    return response_len(&c->in) > 0;
-}
-
-/* Waits for the next response on c and moves it from c->in into r. */
-static void read_resp(client_t *c, resp_t *r)
-{
-    RUN_UNTIL(c->f, has_response(c) || c->eof);
-    size_t len = response_len(&c->in);
-    assert_true(len > 0);
-    const char *s = c->in.data;
-    const char *end = strstr(s, "\r\n\r\n");
-    size_t head = (size_t)(end - s) + 2;
-    assert_true(head < sizeof(r->head));
-    memcpy(r->head, s, head);
-    r->head[head] = '\0';
-    r->status = atoi(s + 9);
-    tr_buf_reset(&r->body);
-    tr_buf_append(&r->body, end + 4, len - head - 2);
-    tr_buf_cstr(&r->body);
-    tr_buf_consume(&c->in, len);
-}
-
-/* A header's value (copied into a static buffer), or NULL. */
-static const char *hdr(const resp_t *r, const char *name)
-{
-    static char v[256];
-    char pat[96];
-    snprintf(pat, sizeof(pat), "\r\n%s: ", name);
-    const char *p = strcasestr(r->head, pat);
-    if (!p) return NULL;
-    p += strlen(pat);
-    size_t n = strcspn(p, "\r");
-    snprintf(v, sizeof(v), "%.*s", (int)n, p);
-    return v;
-}
-
-static uint64_t index_of(const resp_t *r)
-{
-    const char *v = hdr(r, "X-Consul-Index");
-    assert_non_null(v);
-    return strtoull(v, NULL, 10);
-}
-
-static void call(client_t *c, const char *method, const char *target, const void *body, size_t len,
-                 resp_t *r)
-{
-    send_req(c, method, target, body, len);
-    read_resp(c, r);
-}
-
-static void put_ok(client_t *c, const char *key, const char *value)
-{
-    char target[512];
-    snprintf(target, sizeof(target), "/v1/kv/%s", key);
-    resp_t r = {0};
-    call(c, "PUT", target, value, strlen(value), &r);
-    assert_int_equal(r.status, 200);
-    assert_string_equal(r.body.data, "true");
-    tr_buf_free(&r.body);
-}
-
-static json_t *body_json(const resp_t *r)
-{
-    json_error_t e;
-    json_t *j = json_loadb(r->body.data, r->body.len, 0, &e);
-    if (!j) fail_msg("not JSON (%s): %s", e.text, r->body.data);
-    return j;
-}
-
-static uint64_t jint(const json_t *o, const char *k)
-{
-    json_t *v = json_object_get(o, k);
-    assert_true(json_is_integer(v));
-    return (uint64_t)json_integer_value(v);
-}
-
-/* GETs one key and returns its only entry (caller decrefs the returned array). */
-static json_t *get_entry(client_t *c, const char *key, json_t **arr, resp_t *r)
-{
-    char target[512];
-    snprintf(target, sizeof(target), "/v1/kv/%s", key);
-    call(c, "GET", target, NULL, 0, r);
-    assert_int_equal(r->status, 200);
-    *arr = body_json(r);
-    assert_int_equal(json_array_size(*arr), 1);
-    return json_array_get(*arr, 0);
+    kv_route(((fx_t *)data)->kv, req);
 }
 
 /* ---- fixture */
 
-static void on_server_done(void *data)
-{
-    ((fx_t *)data)->srv_done = true;
-}
-
-static fx_t *fx_start(void)
-{
-    fx_t *f = calloc(1, sizeof(*f));
-    assert_int_equal(uv_loop_init(&f->loop), 0);
-    uv_timer_init(&f->loop, &f->deadline);
-    uv_timer_init(&f->loop, &f->sleep);
-    f->deadline.data = f->sleep.data = f;
-    snprintf(f->dir, sizeof(f->dir), "/tmp/tr-kv-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof(f->db), "%s/registry.db", f->dir);
-    kv_open(f);
-    struct sockaddr_storage addr, bound;
-    assert_int_equal(tr_net_parse_addr("127.0.0.1:0", &addr), 0);
-    int fd;
-    assert_int_equal(tr_net_listen(&addr, 1, 128, &fd, &bound), 0);
-    f->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    tr_http_server_options_t opts = {.handler = on_request, .handler_data = f};
-    assert_int_equal(tr_http_server_start(&f->loop, fd, &opts, &f->srv), 0);
-    return f;
-}
-
-static bool clients_closed(fx_t *f)
-{
-    for (int i = 0; i < MAX_CLIENT; i++)
-        if (f->c[i].used && !f->c[i].closed) return false;
-    return true;
-}
-
-static void fx_finish(fx_t *f)
-{
-    for (int i = 0; i < MAX_CLIENT; i++)
-        client_close(&f->c[i]);
-    tr_http_server_close(f->srv, true, on_server_done, f);
-    RUN_UNTIL(f, f->srv_done && clients_closed(f));
-    if (f->kv) kv_close(f);
-    uv_close((uv_handle_t *)&f->deadline, NULL);
-    uv_close((uv_handle_t *)&f->sleep, NULL);
-    uv_run(&f->loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    for (int i = 0; i < MAX_CLIENT; i++)
-        tr_buf_free(&f->c[i].in);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    free(f);
-}
-
-static double metric(const char *name)
-{
-    tr_buf_t b = TR_BUF_INIT;
-    tr_metrics_render(tr_metrics_default(), &b);
-    char pat[128];
-    snprintf(pat, sizeof(pat), "\n%s ", name);
-    const char *p = strstr(tr_buf_cstr(&b), pat);
-    double v = p ? strtod(p + strlen(pat), NULL) : -1;
-    tr_buf_free(&b);
-    return v;
-}
+static const fx_ops_t OPS = {"/tmp/tr-kv-XXXXXX", on_request, kv_store_open, kv_store_close};
 
 /* ---- tests */
 
 static void test_put_get_delete(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     call(c, "PUT", "/v1/kv/a/b", "hello", 5, &r);
@@ -387,7 +36,7 @@ static void test_put_get_delete(void **state)
     assert_string_equal(r.body.data, "true");
     assert_string_equal(hdr(&r, "Content-Type"), "application/json");
 
-    json_t *arr, *e = get_entry(c, "a/b", &arr, &r);
+    json_t *arr, *e = kv_get_entry(c, "a/b", &arr, &r);
     assert_string_equal(hdr(&r, "Content-Type"), "application/json");
     assert_string_equal(hdr(&r, "X-Consul-KnownLeader"), "true");
     assert_string_equal(hdr(&r, "X-Consul-LastContact"), "0");
@@ -404,8 +53,8 @@ static void test_put_get_delete(void **state)
                                         "\"Value\":\"aGVsbG8=\",\"CreateIndex\":"));
     json_decref(arr);
 
-    put_ok(c, "a/b", "world");
-    e = get_entry(c, "a/b", &arr, &r);
+    kv_put_ok(c, "a/b", "world");
+    e = kv_get_entry(c, "a/b", &arr, &r);
     assert_int_equal(jint(e, "CreateIndex"), created);
     uint64_t modified = jint(e, "ModifyIndex");
     assert_true(modified > created);
@@ -431,13 +80,13 @@ static void test_put_get_delete(void **state)
 
 static void test_values_binary_empty_raw(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     const unsigned char bin[] = {0, 1, 2, 0xff, 0xfe, '\r', '\n', 0, 'x', 0x80};
     call(c, "PUT", "/v1/kv/bin", bin, sizeof(bin), &r);
     assert_string_equal(r.body.data, "true");
-    json_t *arr, *e = get_entry(c, "bin", &arr, &r);
+    json_t *arr, *e = kv_get_entry(c, "bin", &arr, &r);
     const char *b64 = json_string_value(json_object_get(e, "Value"));
     unsigned char out[64];
     int n = EVP_DecodeBlock(out, (const unsigned char *)b64, (int)strlen(b64));
@@ -456,7 +105,7 @@ static void test_values_binary_empty_raw(void **state)
 
     call(c, "PUT", "/v1/kv/empty", "", 0, &r);
     assert_string_equal(r.body.data, "true");
-    e = get_entry(c, "empty", &arr, &r);
+    e = kv_get_entry(c, "empty", &arr, &r);
     assert_true(json_is_null(json_object_get(e, "Value")));
     json_decref(arr);
     call(c, "GET", "/v1/kv/empty?raw", NULL, 0, &r);
@@ -468,7 +117,7 @@ static void test_values_binary_empty_raw(void **state)
     /* Percent-encoded keys arrive decoded; JSON escapes what it must. */
     call(c, "PUT", "/v1/kv/sp%20ace%22q", "v", 1, &r);
     assert_string_equal(r.body.data, "true");
-    e = get_entry(c, "sp%20ace%22q", &arr, &r);
+    e = kv_get_entry(c, "sp%20ace%22q", &arr, &r);
     assert_string_equal(json_string_value(json_object_get(e, "Key")), "sp ace\"q");
     json_decref(arr);
     tr_buf_free(&r.body);
@@ -477,12 +126,12 @@ static void test_values_binary_empty_raw(void **state)
 
 static void test_flags_and_cas(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     json_t *arr, *e;
     call(c, "PUT", "/v1/kv/f?flags=42", "x", 1, &r);
-    e = get_entry(c, "f", &arr, &r);
+    e = kv_get_entry(c, "f", &arr, &r);
     assert_int_equal(jint(e, "Flags"), 42);
     json_decref(arr);
     call(c, "PUT", "/v1/kv/f?flags=18446744073709551615", "x", 1, &r);
@@ -490,8 +139,8 @@ static void test_flags_and_cas(void **state)
     call(c, "GET", "/v1/kv/f", NULL, 0, &r);
     assert_non_null(strstr(r.body.data, "\"Flags\":18446744073709551615,"));
     /* A PUT without flags resets them to 0, as in Consul. */
-    put_ok(c, "f", "y");
-    e = get_entry(c, "f", &arr, &r);
+    kv_put_ok(c, "f", "y");
+    e = kv_get_entry(c, "f", &arr, &r);
     assert_int_equal(jint(e, "Flags"), 0);
     uint64_t mi = jint(e, "ModifyIndex");
     json_decref(arr);
@@ -508,7 +157,7 @@ static void test_flags_and_cas(void **state)
     snprintf(target, sizeof(target), "/v1/kv/f?cas=%llu", (unsigned long long)(mi + 100));
     call(c, "PUT", target, "z", 1, &r);
     assert_string_equal(r.body.data, "false");
-    e = get_entry(c, "f", &arr, &r);
+    e = kv_get_entry(c, "f", &arr, &r);
     assert_string_equal(json_string_value(json_object_get(e, "Value")), "eQ==");
     json_decref(arr);
     snprintf(target, sizeof(target), "/v1/kv/f?cas=%llu", (unsigned long long)mi);
@@ -518,7 +167,7 @@ static void test_flags_and_cas(void **state)
     assert_string_equal(r.body.data, "false"); /* the index moved on */
 
     /* DELETE with cas. */
-    e = get_entry(c, "f", &arr, &r);
+    e = kv_get_entry(c, "f", &arr, &r);
     mi = jint(e, "ModifyIndex");
     json_decref(arr);
     snprintf(target, sizeof(target), "/v1/kv/f?cas=%llu", (unsigned long long)(mi - 1));
@@ -545,13 +194,13 @@ static void expect_json(client_t *c, const char *target, int status, const char 
 
 static void test_recurse_keys_separator(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     expect_json(c, "/v1/kv/?keys", 200, "[]");
     expect_json(c, "/v1/kv/?recurse", 404, "");
     const char *keys[] = {"b", "app/b/d", "apple", "app/a", "app/b/c", "app/b/"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        put_ok(c, keys[i], "v");
+        kv_put_ok(c, keys[i], "v");
 
     resp_t r = {0};
     call(c, "GET", "/v1/kv/app/?recurse", NULL, 0, &r);
@@ -588,7 +237,7 @@ static void test_recurse_keys_separator(void **state)
 
 static void test_index_monotonic(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     uint64_t last = 0;
@@ -600,7 +249,7 @@ static void test_index_monotonic(void **state)
             snprintf(target, sizeof(target), "/v1/kv/%s", key);
             call(c, "DELETE", target, NULL, 0, &r);
         } else {
-            put_ok(c, key, "v");
+            kv_put_ok(c, key, "v");
         }
         call(c, "GET", "/v1/kv/?recurse", NULL, 0, &r);
         uint64_t idx = index_of(&r);
@@ -613,24 +262,24 @@ static void test_index_monotonic(void **state)
 
 static void test_restart_restores(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     resp_t r = {0};
     call(c, "PUT", "/v1/kv/cfg/a?flags=7", "one", 3, &r);
-    put_ok(c, "cfg/b", "two");
+    kv_put_ok(c, "cfg/b", "two");
     call(c, "DELETE", "/v1/kv/cfg/b", NULL, 0, &r);
     call(c, "GET", "/v1/kv/cfg/?recurse", NULL, 0, &r);
     uint64_t before = index_of(&r);
-    json_t *arr, *e = get_entry(c, "cfg/a", &arr, &r);
+    json_t *arr, *e = kv_get_entry(c, "cfg/a", &arr, &r);
     uint64_t a_mod = jint(e, "ModifyIndex");
     json_decref(arr);
 
-    kv_close(f);
-    kv_open(f);
+    kv_store_close(f);
+    kv_store_open(f);
 
     call(c, "GET", "/v1/kv/cfg/?recurse", NULL, 0, &r);
     assert_int_equal(index_of(&r), before); /* the tombstone of cfg/b still counts */
-    e = get_entry(c, "cfg/a", &arr, &r);
+    e = kv_get_entry(c, "cfg/a", &arr, &r);
     assert_string_equal(json_string_value(json_object_get(e, "Value")), "b25l");
     assert_int_equal(jint(e, "Flags"), 7);
     assert_int_equal(jint(e, "ModifyIndex"), a_mod);
@@ -638,8 +287,8 @@ static void test_restart_restores(void **state)
     call(c, "GET", "/v1/kv/cfg/b", NULL, 0, &r);
     assert_int_equal(r.status, 404);
     assert_int_equal(index_of(&r), before);
-    put_ok(c, "cfg/c", "three");
-    e = get_entry(c, "cfg/c", &arr, &r);
+    kv_put_ok(c, "cfg/c", "three");
+    e = kv_get_entry(c, "cfg/c", &arr, &r);
     assert_true(jint(e, "ModifyIndex") > before);
     json_decref(arr);
     tr_buf_free(&r.body);
@@ -657,9 +306,9 @@ static uint64_t get_index(client_t *c, const char *target)
 
 static void test_blocking_exact_key(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "A", "1");
+    kv_put_ok(c, "A", "1");
     uint64_t idx = get_index(c, "/v1/kv/A");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/A?index=%llu&wait=5s", (unsigned long long)idx);
@@ -667,8 +316,8 @@ static void test_blocking_exact_key(void **state)
     fx_sleep(f, 20);
     assert_int_equal(metric("trellis_registry_kv_watchers"), 1);
     /* Writes elsewhere, even to keys that share a prefix, leave the watcher parked. */
-    put_ok(c, "B", "x");
-    put_ok(c, "AB", "x");
+    kv_put_ok(c, "B", "x");
+    kv_put_ok(c, "AB", "x");
     resp_t d = {0};
     call(c, "DELETE", "/v1/kv/B", NULL, 0, &d);
     tr_buf_free(&d.body);
@@ -676,7 +325,7 @@ static void test_blocking_exact_key(void **state)
     assert_false(has_response(w));
 
     uint64_t t0 = uv_hrtime();
-    put_ok(c, "A", "2");
+    kv_put_ok(c, "A", "2");
     resp_t r = {0};
     read_resp(w, &r);
     uint64_t took_ms = (uv_hrtime() - t0) / 1000000;
@@ -699,18 +348,18 @@ static void test_blocking_exact_key(void **state)
 
 static void test_blocking_prefix_delete(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1), *k = client_open(f, 2);
-    put_ok(c, "p/x", "1");
-    put_ok(c, "p/y", "2");
-    put_ok(c, "q", "3");
+    kv_put_ok(c, "p/x", "1");
+    kv_put_ok(c, "p/y", "2");
+    kv_put_ok(c, "q", "3");
     uint64_t idx = get_index(c, "/v1/kv/p/?recurse");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/p/?recurse&index=%llu", (unsigned long long)idx);
     send_req(w, "GET", target, NULL, 0);
     snprintf(target, sizeof(target), "/v1/kv/p?keys&index=%llu", (unsigned long long)idx);
     send_req(k, "GET", target, NULL, 0);
-    put_ok(c, "q", "4");
+    kv_put_ok(c, "q", "4");
     fx_sleep(f, 50);
     assert_false(has_response(w));
     assert_false(has_response(k));
@@ -745,9 +394,9 @@ static void test_blocking_prefix_delete(void **state)
 
 static void test_blocking_delete_gives_404(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "gone", "1");
+    kv_put_ok(c, "gone", "1");
     uint64_t idx = get_index(c, "/v1/kv/gone");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/gone?index=%llu", (unsigned long long)idx);
@@ -765,10 +414,10 @@ static void test_blocking_delete_gives_404(void **state)
 
 static void test_blocking_timeout(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "t", "1");
-    put_ok(c, "other", "1");
+    kv_put_ok(c, "t", "1");
+    kv_put_ok(c, "other", "1");
     uint64_t idx = get_index(c, "/v1/kv/t");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/t?index=%llu&wait=100ms", (unsigned long long)idx);
@@ -795,9 +444,9 @@ static void test_blocking_timeout(void **state)
 /* A client killed mid-wait (RST): on_abort drops the watcher at once. */
 static void test_blocking_client_disconnect(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "d", "1");
+    kv_put_ok(c, "d", "1");
     uint64_t idx = get_index(c, "/v1/kv/d");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/d?index=%llu&wait=10s", (unsigned long long)idx);
@@ -808,7 +457,7 @@ static void test_blocking_client_disconnect(void **state)
     assert_int_equal(uv_tcp_close_reset(&w->tcp, on_client_closed), 0);
     RUN_UNTIL(f, tr_http_server_connections(f->srv) == 1);
     assert_int_equal(metric("trellis_registry_kv_watchers"), 0);
-    put_ok(c, "d", "2"); /* notifying must not touch the gone watcher */
+    kv_put_ok(c, "d", "2"); /* notifying must not touch the gone watcher */
     fx_finish(f);
 }
 
@@ -818,9 +467,9 @@ static void test_blocking_client_disconnect(void **state)
  */
 static void test_blocking_client_half_close(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "h", "1");
+    kv_put_ok(c, "h", "1");
     uint64_t idx = get_index(c, "/v1/kv/h");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/h?index=%llu&wait=60s", (unsigned long long)idx);
@@ -834,15 +483,15 @@ static void test_blocking_client_half_close(void **state)
 
 static void test_close_answers_watchers(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0), *w = client_open(f, 1);
-    put_ok(c, "z", "1");
+    kv_put_ok(c, "z", "1");
     uint64_t idx = get_index(c, "/v1/kv/z");
     char target[96];
     snprintf(target, sizeof(target), "/v1/kv/z?index=%llu", (unsigned long long)idx);
     send_req(w, "GET", target, NULL, 0);
     fx_sleep(f, 20);
-    kv_close(f);
+    kv_store_close(f);
     resp_t r = {0};
     read_resp(w, &r);
     assert_int_equal(r.status, 200);
@@ -868,7 +517,7 @@ static void expect_problem(client_t *c, const char *method, const char *target, 
 
 static void test_bad_inputs(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     expect_problem(c, "PUT", "/v1/kv/x?cas=abc", 400, "cas=abc");
     expect_problem(c, "PUT", "/v1/kv/x?flags=-1", 400, "flags=-1");
@@ -912,7 +561,7 @@ static void test_bad_inputs(void **state)
 /* A chunked body gives no length up front: the limit applies while it streams in. */
 static void test_chunked_too_large(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     const char *head = "PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
     client_send(c, head, strlen(head));
@@ -936,7 +585,7 @@ static void test_chunked_too_large(void **state)
 
 static void test_many_keys(void **state)
 {
-    fx_t *f = fx_start();
+    fx_t *f = fx_start(&OPS);
     client_t *c = client_open(f, 0);
     /* Pipelined writes in reverse order: every insert lands at the front of the index. */
     enum { N = 2000 };
