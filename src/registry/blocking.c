@@ -1,6 +1,7 @@
 /* Consul blocking queries: parsing ?index= and ?wait=, and the X-Consul-* headers. */
 #include "registry/blocking.h"
 
+#include "core/mem.h"
 #include "trellis/config.h"
 
 #include <errno.h>
@@ -82,4 +83,64 @@ void tr_blocking_headers(tr_http_req_t *req, uint64_t index)
     tr_http_res_header(req, "X-Consul-Index", buf);
     tr_http_res_header(req, "X-Consul-KnownLeader", "true");
     tr_http_res_header(req, "X-Consul-LastContact", "0");
+}
+
+/* ---- parked requests */
+
+static void on_waiter_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* Unlinks the watcher and closes its timer; the memory goes in the close callback. */
+static void waiter_finish(tr_waiter_t *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        *w->head = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->req = NULL;
+    if (w->gauge) tr_gauge_add(w->gauge, -1);
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
+}
+
+void tr_waiter_wake(tr_waiter_t *w)
+{
+    tr_http_req_t *req = w->req;
+    req->on_abort = NULL;
+    w->answer(w, req);
+    waiter_finish(w);
+}
+
+static void on_waiter_timeout(uv_timer_t *t)
+{
+    tr_waiter_wake(t->data);
+}
+
+static void on_waiter_abort(tr_http_req_t *req)
+{
+    waiter_finish(req->data);
+}
+
+void *tr_waiter_park(uv_loop_t *loop, tr_http_req_t *req, tr_waiter_t **head, size_t size,
+                     const tr_blocking_t *b, tr_waiter_answer_cb answer, tr_series_t *gauge)
+{
+    tr_waiter_t *w = tr_calloc(1, size < sizeof(*w) ? sizeof(*w) : size);
+    w->req = req;
+    w->index = b->index;
+    w->head = head;
+    w->answer = answer;
+    w->gauge = gauge;
+    uv_timer_init(loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, on_waiter_timeout, b->wait_ms, 0);
+    w->next = *head;
+    if (w->next) w->next->prev = w;
+    *head = w;
+    req->data = w;
+    req->on_abort = on_waiter_abort;
+    if (gauge) tr_gauge_add(gauge, 1);
+    return w;
 }

@@ -98,13 +98,9 @@ typedef struct query_s {
 } query_t;
 
 typedef struct watcher_s {
-    uv_timer_t timer;
+    tr_waiter_t base; /* parked on its group's list, or the catalog's */
     tr_catalog_t *cat;
-    tr_http_req_t *req;
     query_t q;
-    uint64_t index;
-    struct watcher_s **head; /* the list it is on: its group's, or the catalog's */
-    struct watcher_s *prev, *next;
 } watcher_t;
 
 /* A rendered answer and the scope index it was rendered at. */
@@ -126,7 +122,7 @@ struct group_s {
     check_t *checks;     /* "" only: checks linked to no service, through svc_next */
     uint64_t tomb;       /* index of the last deregistration from it; 0 for none */
     bool has_tomb;
-    watcher_t *watchers;
+    tr_waiter_t *watchers;
     rendered_t cache[R_COUNT];
 };
 
@@ -141,8 +137,8 @@ struct tr_catalog_s {
     size_t nservices, nchecks[3];
     uint64_t check_seq;
     xnode_t *xnodes;
-    service_t consul;    /* the "consul" service a Consul server has in the catalog */
-    watcher_t *watchers; /* watchers of unscoped queries */
+    service_t consul;      /* the "consul" service a Consul server has in the catalog */
+    tr_waiter_t *watchers; /* watchers of unscoped queries */
     tr_checker_t *checker;
     uv_timer_t *sweep;
 };
@@ -819,62 +815,22 @@ static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
     tr_http_res_send(req, 200, "application/json", r->body, r->len);
 }
 
-/* ---- watchers (the same design as kv.c's) */
+/* ---- watchers */
 
-static void on_watcher_closed(uv_handle_t *h)
+static void on_watcher_answer(tr_waiter_t *base, tr_http_req_t *req)
 {
-    free(h->data);
-}
-
-static void watcher_finish(watcher_t *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        *w->head = w->next;
-    if (w->next) w->next->prev = w->prev;
-    w->req = NULL;
-    tr_gauge_add(m_watchers, -1);
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, on_watcher_closed);
-}
-
-static void watcher_answer(watcher_t *w)
-{
-    tr_http_req_t *req = w->req;
-    req->on_abort = NULL;
+    watcher_t *w = (watcher_t *)base;
     respond(w->cat, req, &w->q);
-    watcher_finish(w);
-}
-
-static void on_watch_timeout(uv_timer_t *t)
-{
-    watcher_answer(t->data);
-}
-
-static void on_watch_abort(tr_http_req_t *req)
-{
-    watcher_finish(req->data);
 }
 
 static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const tr_blocking_t *b)
 {
-    watcher_t *w = tr_calloc(1, sizeof(*w));
-    w->cat = cat;
-    w->req = req;
-    w->q = *q;
-    w->index = b->index;
-    uv_timer_init(cat->loop, &w->timer);
-    w->timer.data = w;
-    uv_timer_start(&w->timer, on_watch_timeout, b->wait_ms, 0);
     const char *scope = query_scope(q);
-    w->head = scope ? &get_group(cat, scope)->watchers : &cat->watchers;
-    w->next = *w->head;
-    if (w->next) w->next->prev = w;
-    *w->head = w;
-    req->data = w;
-    req->on_abort = on_watch_abort;
-    tr_gauge_add(m_watchers, 1);
+    tr_waiter_t **head = scope ? &get_group(cat, scope)->watchers : &cat->watchers;
+    watcher_t *w =
+        tr_waiter_park(cat->loop, req, head, sizeof(*w), b, on_watcher_answer, m_watchers);
+    w->cat = cat;
+    w->q = *q;
 }
 
 /*
@@ -882,16 +838,17 @@ static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const
  * node-level change, which touches every result), and only those whose index moved.
  */
 /* Answers the watchers on list `head` whose index moved past theirs. */
-static void notify_list(tr_catalog_t *cat, watcher_t **head)
+static void notify_list(tr_catalog_t *cat, tr_waiter_t **head)
 {
     if (!*head) return;
-    uint64_t idx = query_index(cat, &(*head)->q); /* one scope per list, but for the catalog's */
-    watcher_t *next;
-    for (watcher_t *w = *head; w; w = next) {
+    /* One scope per list, except for the catalog's own list of unscoped queries. */
+    uint64_t idx = query_index(cat, &((watcher_t *)*head)->q);
+    tr_waiter_t *next;
+    for (tr_waiter_t *w = *head; w; w = next) {
         next = w->next;
-        if (head == &cat->watchers) idx = query_index(cat, &w->q);
+        if (head == &cat->watchers) idx = query_index(cat, &((watcher_t *)w)->q);
         if (idx <= w->index) continue;
-        watcher_answer(w);
+        tr_waiter_wake(w);
     }
 }
 
@@ -2422,12 +2379,12 @@ void tr_catalog_close(tr_catalog_t *cat)
 {
     if (!cat) return;
     while (cat->watchers)
-        watcher_answer(cat->watchers);
+        tr_waiter_wake(cat->watchers);
     size_t gpos = 0;
     void *gv;
     while (tr_map_next(&cat->groups, &gpos, NULL, &gv))
         while (((group_t *)gv)->watchers)
-            watcher_answer(((group_t *)gv)->watchers);
+            tr_waiter_wake(((group_t *)gv)->watchers);
     if (cat->checker) tr_checker_stop(cat->checker);
     cat->checker = NULL;
     if (cat->sweep) {

@@ -25,12 +25,9 @@ typedef struct event_s {
 
 /* A blocked /v1/event/list; `name` lives in the request's memory. */
 typedef struct ev_watcher_s {
-    uv_timer_t timer;
+    tr_waiter_t base;
     tr_event_t *ev;
-    tr_http_req_t *req;
     const char *name;
-    uint64_t index;
-    struct ev_watcher_s *prev, *next;
 } ev_watcher_t;
 
 /* A fire collecting its payload; lives in the request's memory, `buf` on the heap. */
@@ -46,7 +43,7 @@ struct tr_event_s {
     event_t ring[TR_EVENT_RING];
     size_t head, count; /* oldest slot and how many are in use */
     uint64_t ltime;     /* Lamport time of the last event */
-    ev_watcher_t *watchers;
+    tr_waiter_t *watchers;
 };
 
 /* ---- ids and rendering */
@@ -146,61 +143,27 @@ static void list_respond(tr_event_t *ev, tr_http_req_t *req, const char *name)
 
 /* ---- blocked lists */
 
-static void on_watcher_closed(uv_handle_t *h)
+static void on_watcher_answer(tr_waiter_t *base, tr_http_req_t *req)
 {
-    free(h->data);
-}
-
-static void watcher_finish(ev_watcher_t *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        w->ev->watchers = w->next;
-    if (w->next) w->next->prev = w->prev;
-    w->req = NULL;
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, on_watcher_closed);
-}
-
-static void watcher_answer(ev_watcher_t *w)
-{
-    w->req->on_abort = NULL;
-    list_respond(w->ev, w->req, w->name);
-    watcher_finish(w);
-}
-
-static void on_watch_timeout(uv_timer_t *t)
-{
-    watcher_answer(t->data);
-}
-
-static void on_watch_abort(tr_http_req_t *req)
-{
-    watcher_finish(req->data);
+    ev_watcher_t *w = (ev_watcher_t *)base;
+    list_respond(w->ev, req, w->name);
 }
 
 static void watch(tr_event_t *ev, tr_http_req_t *req, const char *name, const tr_blocking_t *b)
 {
-    ev_watcher_t *w = tr_calloc(1, sizeof(*w));
-    *w = (ev_watcher_t){.ev = ev, .req = req, .name = name, .index = b->index};
-    uv_timer_init(ev->loop, &w->timer);
-    w->timer.data = w;
-    uv_timer_start(&w->timer, on_watch_timeout, b->wait_ms, 0);
-    w->next = ev->watchers;
-    if (w->next) w->next->prev = w;
-    ev->watchers = w;
-    req->data = w;
-    req->on_abort = on_watch_abort;
+    ev_watcher_t *w =
+        tr_waiter_park(ev->loop, req, &ev->watchers, sizeof(*w), b, on_watcher_answer, NULL);
+    w->ev = ev;
+    w->name = name;
 }
 
 /* Event indexes are hashes, not counters: a lister wakes when its index differs. */
 static void notify(tr_event_t *ev)
 {
-    ev_watcher_t *next;
-    for (ev_watcher_t *w = ev->watchers; w; w = next) {
+    tr_waiter_t *next;
+    for (tr_waiter_t *w = ev->watchers; w; w = next) {
         next = w->next;
-        if (list_index(ev, w->name) != w->index) watcher_answer(w);
+        if (list_index(ev, ((ev_watcher_t *)w)->name) != w->index) tr_waiter_wake(w);
     }
 }
 
@@ -372,7 +335,7 @@ void tr_event_close(tr_event_t *ev)
 {
     if (!ev) return;
     while (ev->watchers)
-        watcher_answer(ev->watchers);
+        tr_waiter_wake(ev->watchers);
     for (size_t i = 0; i < ev->count; i++)
         event_clear(&ev->ring[(ev->head + i) % TR_EVENT_RING]);
     free(ev);

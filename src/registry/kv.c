@@ -59,14 +59,11 @@ typedef struct query_s {
     bool raw;
 } query_t;
 
-/* A blocking GET waiting for its result to change. Freed in its timer's close callback. */
+/* A blocking GET waiting for its result to change. */
 typedef struct watcher_s {
-    uv_timer_t timer;
+    tr_waiter_t base;
     tr_kv_t *kv;
-    tr_http_req_t *req;
     query_t q;
-    uint64_t index; /* the client's ?index= */
-    struct watcher_s *prev, *next;
 } watcher_t;
 
 struct tr_kv_s {
@@ -74,7 +71,7 @@ struct tr_kv_s {
     tr_store_t *store;
     vec_t entries; /* entry_t */
     vec_t tombs;   /* tomb_t */
-    watcher_t *watchers;
+    tr_waiter_t *watchers;
     vec_t delays; /* delay_t */
     tr_kv_session_cb session_ok;
     void *session_data;
@@ -305,60 +302,18 @@ static void respond(tr_kv_t *kv, tr_http_req_t *req, const query_t *q)
 
 /* ---- watchers */
 
-static void on_watcher_closed(uv_handle_t *h)
+static void on_watcher_answer(tr_waiter_t *base, tr_http_req_t *req)
 {
-    free(h->data);
-}
-
-/* Unlinks the watcher and closes its timer; the memory goes in the close callback. */
-static void watcher_finish(watcher_t *w)
-{
-    tr_kv_t *kv = w->kv;
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        kv->watchers = w->next;
-    if (w->next) w->next->prev = w->prev;
-    w->req = NULL;
-    tr_gauge_add(m_watchers, -1);
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, on_watcher_closed);
-}
-
-static void watcher_answer(watcher_t *w)
-{
-    tr_http_req_t *req = w->req;
-    req->on_abort = NULL;
+    watcher_t *w = (watcher_t *)base;
     respond(w->kv, req, &w->q);
-    watcher_finish(w);
-}
-
-static void on_watch_timeout(uv_timer_t *t)
-{
-    watcher_answer(t->data);
-}
-
-static void on_watch_abort(tr_http_req_t *req)
-{
-    watcher_finish(req->data);
 }
 
 static void watch(tr_kv_t *kv, tr_http_req_t *req, const query_t *q, const tr_blocking_t *b)
 {
-    watcher_t *w = tr_calloc(1, sizeof(*w));
+    watcher_t *w =
+        tr_waiter_park(kv->loop, req, &kv->watchers, sizeof(*w), b, on_watcher_answer, m_watchers);
     w->kv = kv;
-    w->req = req;
     w->q = *q;
-    w->index = b->index;
-    uv_timer_init(kv->loop, &w->timer);
-    w->timer.data = w;
-    uv_timer_start(&w->timer, on_watch_timeout, b->wait_ms, 0);
-    w->next = kv->watchers;
-    if (w->next) w->next->prev = w;
-    kv->watchers = w;
-    req->data = w;
-    req->on_abort = on_watch_abort;
-    tr_gauge_add(m_watchers, 1);
 }
 
 /* Whether a write to `key` (to every key under it when `tree`) can touch w's result. */
@@ -375,12 +330,13 @@ static bool watcher_matches(const watcher_t *w, const char *key, bool tree)
  */
 static void notify(tr_kv_t *kv, const char *key, bool tree)
 {
-    watcher_t *next;
-    for (watcher_t *w = kv->watchers; w; w = next) {
-        next = w->next;
-        if (!watcher_matches(w, key, tree) || query_index(kv, &w->q) <= w->index) continue;
+    tr_waiter_t *next;
+    for (tr_waiter_t *b = kv->watchers; b; b = next) {
+        next = b->next;
+        watcher_t *w = (watcher_t *)b;
+        if (!watcher_matches(w, key, tree) || query_index(kv, &w->q) <= b->index) continue;
         tr_counter_inc(m_wakeups);
-        watcher_answer(w);
+        tr_waiter_wake(b);
     }
 }
 
@@ -926,7 +882,7 @@ void tr_kv_close(tr_kv_t *kv)
 {
     if (!kv) return;
     while (kv->watchers)
-        watcher_answer(kv->watchers);
+        tr_waiter_wake(kv->watchers);
     for (size_t i = 0; i < kv->entries.n; i++)
         entry_free((entry_t *)kv->entries.v[i]);
     for (size_t i = 0; i < kv->tombs.n; i++)
