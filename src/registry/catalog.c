@@ -7,6 +7,7 @@
 #include "registry/blocking.h"
 #include "registry/checker.h"
 #include "trellis/error.h"
+#include "trellis/http_json.h"
 #include "trellis/log.h"
 #include "trellis/metrics.h"
 
@@ -149,8 +150,6 @@ typedef struct body_s {
     tr_catalog_t *cat;
     body_fn fn;
     const char *arg;
-    bool optional, done;
-    tr_buf_t buf;
 } body_t;
 
 static tr_series_t *m_services, *m_checks[3], *m_changes[3], *m_watchers;
@@ -1904,61 +1903,17 @@ static void do_catalog_deregister(tr_catalog_t *cat, tr_http_req_t *req, json_t 
 
 /* ---- bodies */
 
-static void body_finish(body_t *b)
+static void on_json(tr_http_req_t *req, json_t *body, void *data)
 {
-    b->done = true;
-    tr_buf_free(&b->buf);
+    body_t *b = data;
+    b->fn(b->cat, req, body, b->arg);
 }
 
-static void on_body(tr_http_req_t *req, const char *data, size_t len)
-{
-    body_t *b = req->data;
-    if (b->done) return;
-    if (b->buf.len + len > MAX_BODY) {
-        tr_http_res_close(req);
-        tr_http_res_problem(req, 413, "body-too-large", "Body too large",
-                            "the request body may be at most 1 MiB");
-        body_finish(b);
-        return;
-    }
-    tr_buf_append(&b->buf, data, len);
-}
-
-static void on_end(tr_http_req_t *req)
-{
-    body_t *b = req->data;
-    if (b->done) return;
-    json_error_t je;
-    json_t *j = NULL;
-    if (!b->buf.len && b->optional) j = json_object();
-    if (!j) j = json_loadb(b->buf.data ? b->buf.data : "", b->buf.len, 0, &je);
-    if (!j) {
-        tr_http_res_problem(req, 400, "bad-json", "Invalid JSON",
-                            "the request body is not valid JSON: %s (line %d, column %d)", je.text,
-                            je.line, je.column);
-    } else if (!json_is_object(j)) {
-        bad_request(req, "the request body must be a JSON object");
-    } else {
-        b->fn(b->cat, req, j, b->arg);
-    }
-    json_decref(j);
-    body_finish(b);
-}
-
-static void on_body_abort(tr_http_req_t *req)
-{
-    body_finish(req->data);
-}
-
-static void read_body(tr_catalog_t *cat, tr_http_req_t *req, body_fn fn, const char *arg,
-                      bool optional)
+static void read_body(tr_catalog_t *cat, tr_http_req_t *req, body_fn fn, const char *arg)
 {
     body_t *b = tr_http_req_alloc(req, sizeof(*b));
-    *b = (body_t){.cat = cat, .fn = fn, .arg = arg, .optional = optional, .buf = TR_BUF_INIT};
-    req->data = b;
-    req->on_body = on_body;
-    req->on_end = on_end;
-    req->on_abort = on_body_abort;
+    *b = (body_t){.cat = cat, .fn = fn, .arg = arg};
+    tr_http_req_read_json(req, MAX_BODY, 0, on_json, b);
 }
 
 /* ---- routing */
@@ -2095,7 +2050,7 @@ static bool handle_agent_service(tr_catalog_t *cat, tr_http_req_t *req)
     if (path_is(req, "/v1/agent/services")) {
         if (method_is(req, "GET")) agent_services(cat, req, NULL);
     } else if (path_is(req, "/v1/agent/service/register")) {
-        if (method_is(req, "PUT")) read_body(cat, req, do_register_service, NULL, false);
+        if (method_is(req, "PUT")) read_body(cat, req, do_register_service, NULL);
     } else if ((id = tail(req, "/v1/agent/service/deregister/"))) {
         service_t *sv = find_service(cat, id);
         if (!method_is_agent_write(req)) return true;
@@ -2123,7 +2078,7 @@ static bool handle_agent_check(tr_catalog_t *cat, tr_http_req_t *req)
     }
     if (!strncmp(req->path, "/v1/agent/check/", 16) && !method_is_agent_write(req)) return true;
     if (path_is(req, "/v1/agent/check/register")) {
-        read_body(cat, req, do_register_check, NULL, false);
+        read_body(cat, req, do_register_check, NULL);
     } else if ((id = tail(req, "/v1/agent/check/deregister/"))) {
         check_t *c = find_check(cat, id);
         if (!c)
@@ -2131,7 +2086,7 @@ static bool handle_agent_check(tr_catalog_t *cat, tr_http_req_t *req)
         else
             remove_check(cat, req, c);
     } else if ((id = tail(req, "/v1/agent/check/update/"))) {
-        read_body(cat, req, do_update_check, id, false);
+        read_body(cat, req, do_update_check, id);
     } else {
         for (int i = 0; i < 3; i++) {
             char prefix[32];
@@ -2205,9 +2160,9 @@ static bool handle_catalog_write(tr_catalog_t *cat, tr_http_req_t *req)
     if (path_is(req, "/v1/catalog/datacenters")) {
         if (method_is(req, "GET")) send_json(req, json_pack("[s]", cat->dc));
     } else if (path_is(req, "/v1/catalog/register")) {
-        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_register, NULL, false);
+        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_register, NULL);
     } else if (path_is(req, "/v1/catalog/deregister")) {
-        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_deregister, NULL, false);
+        if (method_is(req, "PUT")) read_body(cat, req, do_catalog_deregister, NULL);
     } else {
         return false;
     }

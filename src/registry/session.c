@@ -5,6 +5,7 @@
 #include "core/mem.h"
 #include "registry/blocking.h"
 #include "trellis/error.h"
+#include "trellis/http_json.h"
 #include "trellis/log.h"
 
 #include <jansson.h>
@@ -40,13 +41,6 @@ struct tr_session_s {
     sess_t **v;
     size_t n, cap;
 };
-
-/* A create request collecting its body, in the request's memory; `buf` is on the heap. */
-typedef struct create_s {
-    tr_session_t *mod;
-    tr_buf_t buf;
-    bool done;
-} create_t;
 
 /* ---- the set */
 
@@ -367,60 +361,14 @@ fail:
     sess_drop(m, s);
 }
 
-static void create_finish(create_t *c)
+static void on_create_json(tr_http_req_t *req, json_t *body, void *data)
 {
-    c->done = true;
-    tr_buf_free(&c->buf);
-}
-
-static void on_create_body(tr_http_req_t *req, const char *data, size_t len)
-{
-    create_t *c = req->data;
-    if (c->done) return;
-    if (c->buf.len + len > MAX_BODY_BYTES) {
-        tr_http_res_close(req);
-        tr_http_res_problem(req, 413, "body-too-large", "Body too large",
-                            "a session request body may be at most 64 KiB");
-        create_finish(c);
-        return;
-    }
-    tr_buf_append(&c->buf, data, len);
-}
-
-static void on_create_end(tr_http_req_t *req)
-{
-    create_t *c = req->data;
-    if (c->done) return;
-    json_error_t je;
-    json_t *j = c->buf.len ? json_loadb(c->buf.data, c->buf.len, JSON_DECODE_ANY, &je) : NULL;
-    if (c->buf.len && !j) {
-        tr_http_res_problem(req, 400, "bad-json", "Invalid JSON",
-                            "the request body is not valid JSON: %s (line %d, column %d)", je.text,
-                            je.line, je.column);
-    } else if (j && !json_is_object(j) && !json_is_null(j)) {
-        bad_request(req, "the request body must be a JSON object");
-    } else {
-        json_t *body = j && json_is_object(j) ? json_incref(j) : json_object();
-        create(c->mod, req, body);
-        json_decref(body);
-    }
-    json_decref(j);
-    create_finish(c);
-}
-
-static void on_create_abort(tr_http_req_t *req)
-{
-    create_finish(req->data);
+    create(data, req, body);
 }
 
 static void read_create(tr_session_t *m, tr_http_req_t *req)
 {
-    create_t *c = tr_http_req_alloc(req, sizeof(*c));
-    *c = (create_t){.mod = m, .buf = TR_BUF_INIT};
-    req->data = c;
-    req->on_body = on_create_body;
-    req->on_end = on_create_end;
-    req->on_abort = on_create_abort;
+    tr_http_req_read_json(req, MAX_BODY_BYTES, TR_HTTP_JSON_EMPTY_OK, on_create_json, m);
 }
 
 /* ---- the other endpoints */
