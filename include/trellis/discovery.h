@@ -47,8 +47,11 @@ typedef void (*tr_discovery_change_cb)(tr_discovery_watch_t *w, void *data);
 /* tr_discovery_close finished; the tr_discovery_t is freed right after this returns. */
 typedef void (*tr_discovery_close_cb)(tr_discovery_t *d);
 
+typedef struct tr_discovery_hub_s tr_discovery_hub_t;
+
 typedef struct tr_discovery_options_s {
     const char *registry;             /* Consul-compatible HTTP address ("127.0.0.1:8500") */
+    tr_discovery_hub_t *hub;          /* a registry in this process instead (registry unused) */
     const char *datacenter;           /* ?dc=; NULL for the agent's own */
     uint64_t wait_ms;                 /* blocking query ?wait= (5 min) */
     uint64_t retry_min_ms;            /* first retry delay after a failure (250 ms) */
@@ -62,9 +65,10 @@ typedef struct tr_discovery_options_s {
 void tr_discovery_options_init(tr_discovery_options_t *o);
 
 /*
- * Creates a discovery client on `loop` (NULL `o` = defaults). Strings in `o` are copied.
- * Returns NULL when o->registry is not an "ip:port" address. The caller owns the result
- * until tr_discovery_close. Use it only from the loop's thread.
+ * Creates a discovery client on `loop` (NULL `o` = defaults). Strings in `o` are copied;
+ * o->hub (see trellis/discovery_hub.h) must outlive the client.
+ * Returns NULL when o->registry is not an "ip:port" address and there is no hub. The caller owns
+ * the result until tr_discovery_close. Use it only from the loop's thread.
  */
 tr_discovery_t *tr_discovery_new(uv_loop_t *loop, const tr_discovery_options_t *o);
 

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "core/mem.h"
+#include "trellis/discovery_hub.h"
 #include "trellis/log.h"
 
 /*
@@ -34,8 +35,8 @@ struct tr__endpoint_set_s {
 };
 
 /*
- * Where a watch's endpoints come from. HTTP (a Consul-compatible registry) is the only
- * source today; an in-process registry plugs in with its own vtable.
+ * Where a watch's endpoints come from: a Consul-compatible registry over HTTP, or a
+ * registry in this process through a tr_discovery_hub_t.
  */
 typedef struct source_vtable_s {
     void (*start)(tr_discovery_watch_t *w);
@@ -66,6 +67,8 @@ struct tr_discovery_s {
     const source_vtable_t *source;
     tr_discovery_watch_t *watches;
     uint64_t rng;
+    tr_discovery_hub_t *hub;
+    uv_async_t hub_notify;
     bool closing;
     unsigned pending_closes;
     tr_discovery_close_cb close_cb;
@@ -480,6 +483,45 @@ static void http_stop(tr_discovery_watch_t *w)
 
 static const source_vtable_t http_source = {http_start, http_stop};
 
+/* ---- in-process source: the registry's answers through a hub */
+
+/* Applies the hub's answer for `w` when its index moved. */
+static void hub_poll(tr_discovery_watch_t *w)
+{
+    char *body;
+    size_t len;
+    if (!tr_discovery_hub_read(w->d->hub, w->service, &w->index, &body, &len)) return;
+    tr__endpoint_set_t *s = set_parse(body, len, w->set);
+    free(body);
+    if (!s) {
+        tr_log_error("discovery: unreadable answer from the in-process registry",
+                     TR_LOG_STR("service", w->service));
+        return;
+    }
+    watch_update(w, s);
+}
+
+static void on_hub_notify(uv_async_t *a)
+{
+    tr_discovery_t *d = a->data;
+    for (tr_discovery_watch_t *w = d->watches; w && !d->closing; w = w->next)
+        hub_poll(w);
+}
+
+static void hub_start(tr_discovery_watch_t *w)
+{
+    w->index = UINT64_MAX; /* any published index, even 0, is news */
+    tr_discovery_hub_want(w->d->hub, w->service);
+    hub_poll(w);
+}
+
+static void hub_stop(tr_discovery_watch_t *w)
+{
+    (void)w; /* nothing in flight: the hub is read synchronously */
+}
+
+static const source_vtable_t hub_source = {hub_start, hub_stop};
+
 /* ---- lifecycle */
 
 void tr_discovery_options_init(tr_discovery_options_t *o)
@@ -497,9 +539,9 @@ tr_discovery_t *tr_discovery_new(uv_loop_t *loop, const tr_discovery_options_t *
     tr_discovery_options_t defaults;
     tr_discovery_options_init(&defaults);
     if (o == NULL) o = &defaults;
-    tr_http_endpoint_t ep;
+    tr_http_endpoint_t ep = {0};
     const char *registry = o->registry ? o->registry : defaults.registry;
-    if (tr_http_endpoint_parse(&ep, registry) != 0) return NULL;
+    if (!o->hub && tr_http_endpoint_parse(&ep, registry) != 0) return NULL;
     tr_discovery_t *d = tr_calloc(1, sizeof(*d));
     d->loop = loop;
     d->o = *o;
@@ -513,6 +555,13 @@ tr_discovery_t *tr_discovery_new(uv_loop_t *loop, const tr_discovery_options_t *
     d->o.datacenter = d->datacenter;
     d->registry_ep = ep;
     d->source = &http_source;
+    if (o->hub) {
+        d->hub = o->hub;
+        d->source = &hub_source;
+        uv_async_init(loop, &d->hub_notify, on_hub_notify);
+        d->hub_notify.data = d;
+        tr_discovery_hub_subscribe(d->hub, &d->hub_notify);
+    }
     d->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)d) | 1;
     tr_http_client_options_t co;
     tr_http_client_options_init(&co);
@@ -569,6 +618,11 @@ static void on_timer_closed(uv_handle_t *h)
     close_step(w->d);
 }
 
+static void on_hub_closed(uv_handle_t *h)
+{
+    close_step(h->data);
+}
+
 void tr_discovery_close(tr_discovery_t *d, tr_discovery_close_cb cb)
 {
     if (d == NULL || d->closing) return;
@@ -581,6 +635,11 @@ void tr_discovery_close(tr_discovery_t *d, tr_discovery_close_cb cb)
         uv_close((uv_handle_t *)&w->retry, on_timer_closed);
         /* Each in-flight query still calls on_health (TR_ECANCELED) once the client closes. */
         if (w->in_flight) d->pending_closes++;
+    }
+    if (d->hub) {
+        tr_discovery_hub_unsubscribe(d->hub, &d->hub_notify);
+        d->pending_closes++;
+        uv_close((uv_handle_t *)&d->hub_notify, on_hub_closed);
     }
     /* The client frees itself; only its in-flight callbacks refer to us, and they are counted. */
     tr_http_client_close(d->client, NULL);

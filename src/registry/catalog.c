@@ -6,6 +6,7 @@
 #include "core/mem.h"
 #include "registry/blocking.h"
 #include "registry/checker.h"
+#include "trellis/discovery_hub.h"
 #include "trellis/error.h"
 #include "trellis/http_json.h"
 #include "trellis/log.h"
@@ -142,6 +143,8 @@ struct tr_catalog_s {
     tr_waiter_t *watchers; /* watchers of unscoped queries */
     tr_checker_t *checker;
     uv_timer_t *sweep;
+    tr_discovery_hub_t *hub; /* in-process discovery clients, or NULL */
+    uv_async_t *hub_want;
 };
 
 /* A write collecting its JSON body. Lives in the request's memory; `body` on the heap. */
@@ -787,21 +790,11 @@ static int cache_slot(const query_t *q)
  * every change they can show moves that index (tombstones included), so a cached body with
  * the current index is the body build() would produce.
  */
-static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
+static const rendered_t *render_cached(tr_catalog_t *cat, const query_t *q, uint64_t idx)
 {
-    sort_services(cat);
-    uint64_t idx = query_index(cat, q);
     int slot = cache_slot(q);
-    tr_blocking_headers(req, idx);
-    if (slot < 0) {
-        send_json(req, build(cat, q));
-        return;
-    }
-    group_t *g = find_group(cat, q->name);
-    if (!g) {
-        send_json(req, build(cat, q)); /* no service of that name: don't grow a group */
-        return;
-    }
+    group_t *g = slot < 0 ? NULL : find_group(cat, q->name);
+    if (!g) return NULL; /* not cacheable, or no service of that name: don't grow a group */
     rendered_t *r = &g->cache[slot];
     if (!r->body || r->index != idx) {
         json_t *j = build(cat, q);
@@ -811,7 +804,88 @@ static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
         r->index = idx;
         json_decref(j);
     }
-    tr_http_res_send(req, 200, "application/json", r->body, r->len);
+    return r;
+}
+
+static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
+{
+    sort_services(cat);
+    uint64_t idx = query_index(cat, q);
+    tr_blocking_headers(req, idx);
+    const rendered_t *r = render_cached(cat, q, idx);
+    if (r)
+        tr_http_res_send(req, 200, "application/json", r->body, r->len);
+    else
+        send_json(req, build(cat, q));
+}
+
+/* ---- in-process discovery: the passing answers of watched services, through the hub */
+
+static void hub_publish(tr_catalog_t *cat, const char *name)
+{
+    if (!tr_discovery_hub_watched(cat->hub, name)) return;
+    sort_services(cat);
+    query_t q = {.kind = Q_HEALTH_SERVICE, .name = name, .passing = true, .state = -1};
+    uint64_t idx = query_index(cat, &q);
+    const rendered_t *r = render_cached(cat, &q, idx);
+    if (r) {
+        tr_discovery_hub_publish(cat->hub, name, idx, r->body, r->len);
+        return;
+    }
+    json_t *j = build(cat, &q);
+    char *body = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    tr_discovery_hub_publish(cat->hub, name, idx, body, strlen(body));
+    free(body);
+    json_decref(j);
+}
+
+static void hub_publish_wanted(tr_catalog_t *cat, bool unanswered)
+{
+    char **names;
+    size_t n = tr_discovery_hub_wanted(cat->hub, unanswered, &names);
+    for (size_t i = 0; i < n; i++) {
+        hub_publish(cat, names[i]);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* A client started watching services the hub has no answer for yet. */
+static void on_hub_want(uv_async_t *a)
+{
+    hub_publish_wanted(a->data, true);
+}
+
+/* After a change to service `name` (NULL or "": node-level, every service). */
+static void hub_notify(tr_catalog_t *cat, const char *name)
+{
+    if (!cat->hub) return;
+    if (name && name[0]) {
+        hub_publish(cat, name);
+        return;
+    }
+    hub_publish_wanted(cat, false);
+}
+
+static void on_hub_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void tr_catalog_set_hub(tr_catalog_t *cat, tr_discovery_hub_t *hub)
+{
+    if (cat->hub) {
+        tr_discovery_hub_provide(cat->hub, NULL);
+        uv_close((uv_handle_t *)cat->hub_want, on_hub_closed);
+        cat->hub_want = NULL;
+    }
+    cat->hub = hub;
+    if (!hub) return;
+    cat->hub_want = tr_malloc(sizeof(*cat->hub_want));
+    uv_async_init(cat->loop, cat->hub_want, on_hub_want);
+    cat->hub_want->data = cat;
+    tr_discovery_hub_provide(hub, cat->hub_want);
+    on_hub_want(cat->hub_want); /* clients that subscribed before the registry opened */
 }
 
 /* ---- watchers */
@@ -853,6 +927,7 @@ static void notify_list(tr_catalog_t *cat, tr_waiter_t **head)
 
 static void notify(tr_catalog_t *cat, const char *name)
 {
+    hub_notify(cat, name);
     notify_list(cat, &cat->watchers);
     if (name && name[0]) {
         group_t *g = find_group(cat, name);
@@ -2340,6 +2415,7 @@ void tr_catalog_close(tr_catalog_t *cat)
     while (tr_map_next(&cat->groups, &gpos, NULL, &gv))
         while (((group_t *)gv)->watchers)
             tr_waiter_wake(((group_t *)gv)->watchers);
+    tr_catalog_set_hub(cat, NULL);
     if (cat->checker) tr_checker_stop(cat->checker);
     cat->checker = NULL;
     if (cat->sweep) {

@@ -3,6 +3,7 @@
 #define TR_REGISTRY_CATALOG_H
 
 #include "registry/store.h"
+#include "trellis/discovery_hub.h"
 #include "trellis/http.h"
 
 #include <stdbool.h>
@@ -31,6 +32,12 @@ int tr_catalog_open(uv_loop_t *loop, tr_store_t *store, const tr_catalog_node_t 
  * and returns true; returns false without answering otherwise.
  */
 bool tr_catalog_handle(tr_catalog_t *cat, tr_http_req_t *req);
+
+/*
+ * Publishes the passing-health answer of every service watched through `hub` (NULL:
+ * stop), now and after each change, for discovery clients in this process.
+ */
+void tr_catalog_set_hub(tr_catalog_t *cat, tr_discovery_hub_t *hub);
 
 /* Answers blocked watchers, stops health checking and frees the catalog. */
 void tr_catalog_close(tr_catalog_t *cat);

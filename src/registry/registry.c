@@ -122,6 +122,7 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
         tr_registry_close(reg);
         return rc;
     }
+    if (o->hub) tr_catalog_set_hub(reg->cat, o->hub);
     tr_event_open(loop, &reg->events);
     *out = reg;
     return 0;

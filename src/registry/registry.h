@@ -2,6 +2,7 @@
 #ifndef TR_REGISTRY_REGISTRY_H
 #define TR_REGISTRY_REGISTRY_H
 
+#include "trellis/discovery_hub.h"
 #include "trellis/http.h"
 
 #include <uv.h>
@@ -9,10 +10,11 @@
 typedef struct tr_registry_s tr_registry_t;
 
 typedef struct tr_registry_options_s {
-    const char *data_dir;   /* holds registry.db; created when missing */
-    const char *node;       /* this agent's node name; default: the host name */
-    const char *datacenter; /* default "dc1" */
-    const char *address;    /* the node's address in answers; default 127.0.0.1 */
+    const char *data_dir;    /* holds registry.db; created when missing */
+    const char *node;        /* this agent's node name; default: the host name */
+    const char *datacenter;  /* default "dc1" */
+    const char *address;     /* the node's address in answers; default 127.0.0.1 */
+    tr_discovery_hub_t *hub; /* optional: serves discovery clients of this process */
 } tr_registry_options_t;
 
 /* Opens the store and loads the state. On failure err says what to fix. */
