@@ -100,6 +100,34 @@ const char *tr_discovery_service(const tr_discovery_watch_t *w);
  */
 int tr_discovery_pick(tr_discovery_watch_t *w, tr_lb_policy_t policy, tr_endpoint_t **out);
 
+/* Whether `ep` may be picked (e.g. not ejected as an outlier). */
+typedef bool (*tr_endpoint_filter_cb)(tr_endpoint_t *ep, void *data);
+
+/*
+ * Like tr_discovery_pick, but only returns an endpoint `ok` accepts: a few picks with
+ * `policy`, then the first acceptable endpoint from a random start. TR_ENOTFOUND when
+ * none is acceptable.
+ */
+int tr_discovery_pick_if(tr_discovery_watch_t *w, tr_lb_policy_t policy, tr_endpoint_filter_cb ok,
+                         void *data, tr_endpoint_t **out);
+
+/*
+ * TR_ENDPOINT_USER_BYTES of zeroed memory (16-byte aligned) for the caller's per-instance
+ * state, such as outlier detection. It follows the instance (by ID) across endpoint sets
+ * and lives as long as any set holds the instance. Use it only from the loop's thread.
+ */
+#define TR_ENDPOINT_USER_BYTES 64
+void *tr_endpoint_user(tr_endpoint_t *ep);
+
+/*
+ * A watch over a fixed list of "ip:port" endpoints (weights may be NULL: all 1), named
+ * `name`, picked like any other. The endpoint IDs are the addresses. Returns 0, UV_EINVAL
+ * for a bad address or empty name, TR_EEXISTS when the name is watched already, TR_ESTATE
+ * after close.
+ */
+int tr_discovery_watch_static(tr_discovery_t *d, const char *name, const char *const *addrs,
+                              const uint32_t *weights, size_t n, tr_discovery_watch_t **out);
+
 /* Ends the active request counted by tr_discovery_pick; `ep` is invalid afterwards. */
 void tr_discovery_done(tr_endpoint_t *ep);
 

@@ -22,6 +22,7 @@
 struct tr__endpoint_stat_s {
     unsigned refs;
     uint32_t active;
+    _Alignas(16) unsigned char user[TR_ENDPOINT_USER_BYTES];
 };
 
 /* An immutable endpoint list, reference-counted: the watch holds one ref, each pick one. */
@@ -45,6 +46,7 @@ typedef struct source_vtable_s {
 
 struct tr_discovery_watch_s {
     tr_discovery_t *d;
+    const struct source_vtable_s *source;
     tr_discovery_watch_t *next;
     char *service;
     tr__endpoint_set_t *set;
@@ -297,6 +299,34 @@ int tr_discovery_pick(tr_discovery_watch_t *w, tr_lb_policy_t policy, tr_endpoin
     return 0;
 }
 
+int tr_discovery_pick_if(tr_discovery_watch_t *w, tr_lb_policy_t policy, tr_endpoint_filter_cb ok,
+                         void *data, tr_endpoint_t **out)
+{
+    /* A few tries with the policy keep its distribution when few endpoints are excluded. */
+    for (int tries = 0; tries < 3; tries++) {
+        int err = tr_discovery_pick(w, policy, out);
+        if (err) return err;
+        if (ok(*out, data)) return 0;
+        tr_discovery_done(*out);
+    }
+    tr__endpoint_set_t *s = w->set;
+    size_t start = (size_t)(rng_next(w->d) % s->n);
+    for (size_t k = 0; k < s->n; k++) {
+        tr_endpoint_t *ep = &s->eps[(start + k) % s->n];
+        if (!ok(ep, data)) continue;
+        s->refs++;
+        ep->stat->active++;
+        *out = ep;
+        return 0;
+    }
+    return TR_ENOTFOUND;
+}
+
+void *tr_endpoint_user(tr_endpoint_t *ep)
+{
+    return ep->stat->user;
+}
+
 void tr_discovery_done(tr_endpoint_t *ep)
 {
     if (ep == NULL) return;
@@ -346,6 +376,56 @@ static void watch_update(tr_discovery_watch_t *w, tr__endpoint_set_t *s)
 /* ---- HTTP source: blocking queries against a Consul-compatible registry */
 
 static void http_query(tr_discovery_watch_t *w);
+static void static_noop(tr_discovery_watch_t *w)
+{
+    (void)w;
+}
+
+static const source_vtable_t static_source = {static_noop, static_noop};
+
+int tr_discovery_watch_static(tr_discovery_t *d, const char *name, const char *const *addrs,
+                              const uint32_t *weights, size_t n, tr_discovery_watch_t **out)
+{
+    if (d->closing) return TR_ESTATE;
+    if (name == NULL || *name == '\0') return UV_EINVAL;
+    for (tr_discovery_watch_t *w = d->watches; w; w = w->next)
+        if (strcmp(w->service, name) == 0) return TR_EEXISTS;
+    /* Static endpoints become the same answer a registry would give, parsed the same way. */
+    json_t *answer = json_array();
+    for (size_t i = 0; i < n; i++) {
+        tr_http_endpoint_t ep;
+        if (tr_http_endpoint_parse(&ep, addrs[i]) != 0) {
+            json_decref(answer);
+            return UV_EINVAL;
+        }
+        const char *colon = strrchr(addrs[i], ':');
+        char ip[64];
+        size_t iplen = (size_t)(colon - addrs[i]);
+        const char *ipstart = addrs[i];
+        if (ipstart[0] == '[') ipstart++, iplen -= 2;
+        snprintf(ip, sizeof(ip), "%.*s", (int)iplen, ipstart);
+        json_array_append_new(
+            answer, json_pack("{s:{s:s}, s:{s:s, s:s, s:i, s:{s:i, s:i}}}", "Node", "Address", "",
+                              "Service", "ID", addrs[i], "Address", ip, "Port", atoi(colon + 1),
+                              "Weights", "Passing", weights ? (int)weights[i] : 1, "Warning", 1));
+    }
+    char *body = json_dumps(answer, JSON_COMPACT);
+    json_decref(answer);
+    tr__endpoint_set_t *set = set_parse(body, strlen(body), NULL);
+    free(body);
+    tr_discovery_watch_t *w = tr_calloc(1, sizeof(*w));
+    w->d = d;
+    w->service = tr_strdup(name);
+    w->source = &static_source;
+    uv_timer_init(d->loop, &w->retry);
+    w->retry.data = w;
+    w->next = d->watches;
+    d->watches = w;
+    watch_update(w, set);
+    if (out) *out = w;
+    return 0;
+}
+
 static void close_step(tr_discovery_t *d);
 
 static void append_escaped(char *dst, size_t cap, const char *s)
@@ -589,10 +669,11 @@ int tr_discovery_watch(tr_discovery_t *d, const char *service, tr_discovery_watc
     w->backoff_ms = d->o.retry_min_ms;
     uv_timer_init(d->loop, &w->retry);
     w->retry.data = w;
+    w->source = d->source;
     w->next = d->watches;
     d->watches = w;
     if (out) *out = w;
-    d->source->start(w);
+    w->source->start(w);
     return 0;
 }
 
@@ -630,7 +711,7 @@ void tr_discovery_close(tr_discovery_t *d, tr_discovery_close_cb cb)
     d->close_cb = cb;
     d->pending_closes = 1;
     for (tr_discovery_watch_t *w = d->watches; w; w = w->next) {
-        d->source->stop(w);
+        w->source->stop(w);
         d->pending_closes++;
         uv_close((uv_handle_t *)&w->retry, on_timer_closed);
         /* Each in-flight query still calls on_health (TR_ECANCELED) once the client closes. */

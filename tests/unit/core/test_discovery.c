@@ -548,6 +548,66 @@ static void test_active_survives_change(void **state)
     fx_done(&f);
 }
 
+/* ---- static endpoints, filtered picks, per-instance user memory */
+
+static bool not_first(tr_endpoint_t *ep, void *data)
+{
+    return strcmp(ep->id, (const char *)data) != 0;
+}
+
+static bool none(tr_endpoint_t *ep, void *data)
+{
+    (void)ep;
+    (void)data;
+    return false;
+}
+
+static void test_static_and_filtered_picks(void **state)
+{
+    fx_t f;
+    fx_init(&f, "[]");
+    const char *addrs[] = {"127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"};
+    const uint32_t weights[] = {1, 3, 1};
+    tr_discovery_watch_t *w;
+    assert_int_equal(tr_discovery_watch_static(f.d, "fixed", addrs, weights, 3, &w), 0);
+    assert_int_equal(tr_discovery_watch_static(f.d, "fixed", addrs, NULL, 3, NULL), TR_EEXISTS);
+    const char *bad[] = {"nope"};
+    assert_int_equal(tr_discovery_watch_static(f.d, "bad", bad, NULL, 1, NULL), UV_EINVAL);
+    assert_true(tr_discovery_ready(w));
+    const tr_endpoint_t *eps;
+    assert_int_equal(tr_discovery_endpoints(w, &eps), 3);
+    assert_string_equal(eps[2].address, "::1");
+    assert_int_equal(eps[2].port, 9003);
+    assert_int_equal(eps[1].weight, 3);
+
+    /* The filter is honoured for every policy, and nothing acceptable is TR_ENOTFOUND. */
+    for (tr_lb_policy_t p = TR_LB_ROUND_ROBIN; p <= TR_LB_P2C; p++) {
+        for (int i = 0; i < 50; i++) {
+            tr_endpoint_t *ep;
+            assert_int_equal(tr_discovery_pick_if(w, p, not_first, "127.0.0.1:9002", &ep), 0);
+            assert_string_not_equal(ep->id, "127.0.0.1:9002");
+            tr_discovery_done(ep);
+        }
+        tr_endpoint_t *ep;
+        assert_int_equal(tr_discovery_pick_if(w, p, none, NULL, &ep), TR_ENOTFOUND);
+    }
+    /* User memory starts zeroed and stays with the instance. */
+    tr_endpoint_t *ep;
+    assert_int_equal(tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &ep), 0);
+    unsigned char *u = tr_endpoint_user(ep);
+    for (int i = 0; i < TR_ENDPOINT_USER_BYTES; i++)
+        assert_int_equal(u[i], 0);
+    u[0] = 42;
+    const char *id = ep->id;
+    tr_discovery_done(ep);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &ep), 0);
+        if (!strcmp(ep->id, id)) assert_int_equal(((unsigned char *)tr_endpoint_user(ep))[0], 42);
+        tr_discovery_done(ep);
+    }
+    fx_done(&f);
+}
+
 int main(void)
 {
     tr_log_options_t lo = TR_LOG_OPTIONS_INIT;
@@ -567,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_least_request_prefers_idle),
         cmocka_unit_test(test_p2c_never_picks_busiest),
         cmocka_unit_test(test_active_survives_change),
+        cmocka_unit_test(test_static_and_filtered_picks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tr_log_shutdown();
