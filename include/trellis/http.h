@@ -99,7 +99,8 @@ size_t tr_http_server_connections(const tr_http_server_t *srv);
 const char *tr_http_req_header(const tr_http_req_t *req, const char *name);
 /*
  * Looks up query parameter `name` (exact, case-sensitive). Returns true when present; then
- * *value is its percent-decoded value ("" for a bare `?name` or `name=`), NUL-terminated
+ * *value is its form-decoded value ('+' is a space, then %XX escapes; "" for a bare `?name`
+ * or `name=`; a malformed escape is kept as sent), NUL-terminated
  * and living as long as the request. `value` may be NULL to test presence only.
  */
 bool tr_http_query_param(tr_http_req_t *req, const char *name, const char **value);

@@ -43,11 +43,12 @@ bool tr_http_query_param(tr_http_req_t *req, const char *name, const char **valu
             const char *v = eq ? eq + 1 : pair_end;
             size_t vlen = (size_t)(pair_end - v);
             char *d = tr_http_req_alloc(req, vlen + 1);
-            if (tr_http_percent_decode(d, v, vlen) < 0) {
-                memcpy(d, v, vlen); /* keep malformed escapes as sent */
-                d[vlen] = '\0';
-            }
-            *value = d;
+            /* Form encoding, as Go's url.ParseQuery (Consul) reads it: '+' is a space. */
+            for (size_t i = 0; i < vlen; i++)
+                d[i] = v[i] == '+' ? ' ' : v[i];
+            d[vlen] = '\0';
+            char *out = tr_http_req_alloc(req, vlen + 1);
+            *value = tr_http_percent_decode(out, d, vlen) < 0 ? d : out; /* malformed: as sent */
             return true;
         }
         q = pair_end + 1;

@@ -102,6 +102,7 @@ static void waiter_finish(tr_waiter_t *w)
     if (w->next) w->next->prev = w->prev;
     w->req = NULL;
     if (w->gauge) tr_gauge_add(w->gauge, -1);
+    if (w->dispose) w->dispose(w);
     uv_timer_stop(&w->timer);
     uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
 }

@@ -42,7 +42,8 @@ struct tr_waiter_s {
     tr_waiter_t **head; /* the list it is parked on */
     tr_waiter_t *prev, *next;
     tr_waiter_answer_cb answer;
-    tr_series_t *gauge; /* optional: counts parked watchers */
+    void (*dispose)(tr_waiter_t *w); /* optional: frees the owner's parts, answered or not */
+    tr_series_t *gauge;              /* optional: counts parked watchers */
 };
 
 /*

@@ -6,6 +6,7 @@
 #include "core/mem.h"
 #include "registry/blocking.h"
 #include "registry/checker.h"
+#include "registry/filter.h"
 #include "trellis/discovery_hub.h"
 #include "trellis/error.h"
 #include "trellis/http_json.h"
@@ -96,7 +97,8 @@ typedef struct query_s {
     const char **tags; /* ?tag= values (all must match), in request memory */
     size_t ntags;
     bool passing;
-    int state; /* health/state: a tr_check_status_t, or -1 for any */
+    int state;                 /* health/state: a tr_check_status_t, or -1 for any */
+    const tr_filter_t *filter; /* ?filter=, or NULL; freed with the request or its watcher */
 } query_t;
 
 typedef struct watcher_s {
@@ -779,7 +781,7 @@ static void send_json(tr_http_req_t *req, json_t *j)
 /* The cache slot answering `q`, or -1 when its answer isn't cached (tag filters). */
 static int cache_slot(const query_t *q)
 {
-    if (q->ntags) return -1;
+    if (q->ntags || q->filter) return -1;
     if (q->kind == Q_CAT_SERVICE) return R_CATALOG;
     if (q->kind == Q_HEALTH_SERVICE) return q->passing ? R_HEALTH_PASSING : R_HEALTH;
     return -1;
@@ -807,6 +809,24 @@ static const rendered_t *render_cached(tr_catalog_t *cat, const query_t *q, uint
     return r;
 }
 
+/* Keeps the entries of a list (or the members of a map) that match the filter. */
+static json_t *apply_filter(json_t *j, const tr_filter_t *f)
+{
+    if (!f || !j) return j;
+    if (json_is_array(j)) {
+        for (size_t i = json_array_size(j); i-- > 0;)
+            if (!tr_filter_match(f, json_array_get(j, i))) json_array_remove(j, i);
+    } else if (json_is_object(j)) {
+        const char *k;
+        json_t *v, *tmp;
+        json_object_foreach_safe(j, tmp, k, v)
+        {
+            if (!tr_filter_match(f, v)) json_object_del(j, k);
+        }
+    }
+    return j;
+}
+
 static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
 {
     sort_services(cat);
@@ -816,7 +836,24 @@ static void respond(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q)
     if (r)
         tr_http_res_send(req, 200, "application/json", r->body, r->len);
     else
-        send_json(req, build(cat, q));
+        send_json(req, apply_filter(build(cat, q), q->filter));
+}
+
+/*
+ * Compiles ?filter= into *out (NULL when absent or empty). On a bad expression answers
+ * 400 with the position of the problem and returns false.
+ */
+static bool read_filter(tr_http_req_t *req, tr_filter_t **out)
+{
+    const char *expr;
+    *out = NULL;
+    if (!tr_http_query_param(req, "filter", &expr) || !*expr) return true;
+    char err[256];
+    if (!(*out = tr_filter_compile(expr, err, sizeof(err)))) {
+        tr_http_res_problem(req, 400, "bad-filter", "Invalid filter", "%s", err);
+        return false;
+    }
+    return true;
 }
 
 /* ---- in-process discovery: the passing answers of watched services, through the hub */
@@ -896,6 +933,13 @@ static void on_watcher_answer(tr_waiter_t *base, tr_http_req_t *req)
     respond(w->cat, req, &w->q);
 }
 
+static void on_watcher_dispose(tr_waiter_t *base)
+{
+    watcher_t *w = (watcher_t *)base;
+    tr_filter_free((tr_filter_t *)w->q.filter);
+    w->q.filter = NULL;
+}
+
 static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const tr_blocking_t *b)
 {
     const char *scope = query_scope(q);
@@ -903,7 +947,8 @@ static void watch(tr_catalog_t *cat, tr_http_req_t *req, const query_t *q, const
     watcher_t *w =
         tr_waiter_park(cat->loop, req, head, sizeof(*w), b, on_watcher_answer, m_watchers);
     w->cat = cat;
-    w->q = *q;
+    w->q = *q; /* the watcher owns the filter now */
+    w->base.dispose = on_watcher_dispose;
 }
 
 /*
@@ -2047,12 +2092,10 @@ static void parse_tags(tr_http_req_t *req, query_t *q)
 static void read_query(tr_catalog_t *cat, tr_http_req_t *req, query_t *q)
 {
     tr_blocking_t b;
+    tr_filter_t *f;
     if (!method_is(req, "GET")) return;
-    if (tr_http_query_param(req, "filter", NULL)) {
-        bad_request(req, "filter expressions are not supported yet; drop ?filter=");
-        return;
-    }
-    if (!tr_blocking_parse(req, &b)) return;
+    if (!tr_blocking_parse(req, &b) || !read_filter(req, &f)) return;
+    q->filter = f;
     parse_tags(req, q);
     q->passing = tr_http_query_param(req, "passing", NULL);
     if (b.blocking && query_index(cat, q) <= b.index) {
@@ -2060,6 +2103,7 @@ static void read_query(tr_catalog_t *cat, tr_http_req_t *req, query_t *q)
         return;
     }
     respond(cat, req, q);
+    tr_filter_free(f);
 }
 
 static bool handle_read(tr_catalog_t *cat, tr_http_req_t *req)
@@ -2104,19 +2148,25 @@ static void agent_services(tr_catalog_t *cat, tr_http_req_t *req, const char *id
             unknown(req, "service", id);
         return;
     }
+    tr_filter_t *f;
+    if (!read_filter(req, &f)) return;
     sort_services(cat);
     json_t *out = json_object();
     for (service_t *s = cat->services; s; s = s->next)
         json_object_set_new(out, s->id, service_json(cat, s, false));
-    send_json(req, out);
+    send_json(req, apply_filter(out, f));
+    tr_filter_free(f);
 }
 
 static void agent_checks(tr_catalog_t *cat, tr_http_req_t *req)
 {
+    tr_filter_t *f;
+    if (!read_filter(req, &f)) return;
     json_t *out = json_object();
     for (check_t *c = cat->checks; c; c = c->next)
         json_object_set_new(out, c->id, check_json(cat, c));
-    send_json(req, out);
+    send_json(req, apply_filter(out, f));
+    tr_filter_free(f);
 }
 
 static bool handle_agent_service(tr_catalog_t *cat, tr_http_req_t *req)

@@ -446,8 +446,9 @@ static void test_bad_inputs(void **state)
     expect_400(c, "/v1/agent/check/register",
                "{\"Name\":\"c\",\"TTL\":\"1s\",\"ServiceID\":\"no\"}", "ServiceID");
     resp_t r = {0};
-    call(c, "GET", "/v1/health/service/x?filter=Service.Port%3D%3D1", NULL, 0, &r);
+    call(c, "GET", "/v1/health/service/x?filter=Service.Port+%3D%3D", NULL, 0, &r);
     assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body.data, "column"));
     call(c, "GET", "/v1/health/state/sleepy", NULL, 0, &r);
     assert_int_equal(r.status, 400);
     call(c, "GET", "/v1/health/service/x?index=abc", NULL, 0, &r);
@@ -776,6 +777,32 @@ static void test_catalog_register_bad(void **state)
     fx_finish(f);
 }
 
+/* ?filter= narrows health, catalog and agent answers, and is refused with its position. */
+static void test_filter(void **state)
+{
+    (void)state;
+    fx_t *f = fx_start(&OPS);
+    client_t *c = client_open(f, 0);
+    put_ok(c, "/v1/agent/service/register",
+           "{\"ID\":\"w1\",\"Name\":\"web\",\"Tags\":[\"v1\"],\"Port\":8001,"
+           "\"Meta\":{\"zone\":\"a\"}}");
+    put_ok(c, "/v1/agent/service/register",
+           "{\"ID\":\"w2\",\"Name\":\"web\",\"Tags\":[\"v2\"],\"Port\":8002}");
+    json_t *j = get_json(c, "/v1/health/service/web?filter=v2+in+Service.Tags", NULL);
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_str(json_object_get(json_array_get(j, 0), "Service"), "ID"), "w2");
+    json_decref(j);
+    j = get_json(c, "/v1/catalog/service/web?filter=ServicePort+%3D%3D+8001", NULL);
+    assert_int_equal(json_array_size(j), 1);
+    json_decref(j);
+    j = get_json(c, "/v1/agent/services?filter=Meta.zone+%3D%3D+a", NULL);
+    assert_int_equal(json_object_size(j), 1);
+    assert_non_null(json_object_get(j, "w1"));
+    json_decref(j);
+    client_close(c);
+    fx_finish(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -793,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_catalog_register),
         cmocka_unit_test(test_catalog_deregister),
         cmocka_unit_test(test_catalog_register_bad),
+        cmocka_unit_test(test_filter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
