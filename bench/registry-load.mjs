@@ -1,6 +1,6 @@
-// Drives bench/registry.sh: registers instances, measures blocking-watcher wake-up time.
+// Drives bench/registry.sh: registers the instances and the service the watchers watch.
 // Usage: node bench/registry-load.mjs register BASE_URL SERVICES PER_SERVICE ECHO_PORTS(comma)
-//        node bench/registry-load.mjs watchers BASE_URL SERVICE COUNT
+//        node bench/registry-load.mjs watched BASE_URL SERVICE
 import http from 'node:http';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -46,7 +46,9 @@ async function register(base, services, perService, echoPorts) {
   console.log(`registered ${jobs.length} instances in ${services} services in ${Date.now() - start} ms`);
 }
 
-async function watchers(base, service, count) {
+// Registers the first instance of the watched service, so its health query has an index
+// and a body; trellis-loadgen watchers then times the wake-up when a second one registers.
+async function watched(base, service) {
   const reg = await call(base, 'PUT', '/v1/agent/service/register', {
     ID: `${service}-0`,
     Name: service,
@@ -54,42 +56,13 @@ async function watchers(base, service, count) {
     Check: { TTL: '10m', Status: 'passing' },
   });
   if (reg.status !== 200) throw new Error(`register ${service}: ${reg.status} ${reg.body}`);
-  const first = await call(base, 'GET', `/v1/health/service/${service}`);
-  const index = first.headers['x-consul-index'];
-  const wagent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
-  let answered = 0;
-  let lastAt = 0;
-  const pending = [];
-  for (let i = 0; i < count; i++) {
-    pending.push(
-      new Promise((resolve, reject) => {
-        const req = http.get(`${base}/v1/health/service/${service}?index=${index}&wait=60s`, { agent: wagent }, (res) => {
-          res.resume();
-          res.on('end', () => {
-            answered++;
-            lastAt = performance.now();
-            resolve();
-          });
-        });
-        req.setTimeout(90000, () => req.destroy(new Error('watcher timed out')));
-        req.on('error', reject);
-      }),
-    );
-  }
-  await new Promise((r) => setTimeout(r, 1500)); // let every watcher park
-  if (answered) throw new Error(`${answered} watchers answered before the change`);
-  const changedAt = performance.now();
-  const r = await call(base, 'PUT', `/v1/agent/check/fail/service:${service}-0?note=bench`);
-  if (r.status !== 200) throw new Error(`fail check: ${r.status} ${r.body}`);
-  await Promise.all(pending);
-  console.log(`${count} watchers woke ${(lastAt - changedAt).toFixed(1)} ms after one change`);
 }
 
 const [cmd, base, ...rest] = process.argv.slice(2);
 if (cmd === 'register') await register(base, +rest[0], +rest[1], rest[2].split(',').map(Number));
-else if (cmd === 'watchers') await watchers(base, rest[0], +rest[1]);
+else if (cmd === 'watched') await watched(base, rest[0]);
 else {
-  console.error('usage: registry-load.mjs register|watchers ...');
+  console.error('usage: registry-load.mjs register|watched ...');
   process.exit(2);
 }
 agent.destroy();
