@@ -11,6 +11,7 @@ typedef struct command_s {
 
 static const command_t commands[] = {
     {"echo", tr_cmd_echo, "run an httpbin-like HTTP service (tests, benchmarks, demos)"},
+    {"gateway", tr_cmd_gateway, "run the API gateway / sidecar proxy (-c gateway.yaml)"},
     {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
     {"version", tr_cmd_version, "print the version"},
 };
