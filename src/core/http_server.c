@@ -71,14 +71,19 @@ struct conn_s {
     uint64_t deadline;
     uint8_t deadline_kind;
     bool processing, read_stopped, eof, closing, close_after, lingering, dirty;
-    bool tail_lf_ws, any_bytes, want_drain, shutting;
+    bool tail_lf_ws, any_bytes, want_drain, shutting, flush_queued;
     char prev_byte;
+    conn_t *flush_prev, *flush_next; /* on the server's deferred-flush list */
+    char peer[64];                   /* "ip:port", read once per connection */
 };
 
 struct tr_http_server_s {
     uv_loop_t *loop;
     uv_tcp_t listener;
-    uv_timer_t sweep; /* expires connection deadlines; one timer per server, not per conn */
+    uv_timer_t sweep;   /* expires connection deadlines; one timer per server, not per conn */
+    uv_check_t flusher; /* writes what handlers queued outside the server's own callbacks */
+    uv_prepare_t flusher_prep;
+    conn_t *flush_head;
     tr_http_server_options_t opts;
     conn_t *conns;
     size_t nconns;
@@ -229,13 +234,61 @@ static void out_reserve_status(conn_t *c, int status)
     tr_buf_append(&c->out, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
 }
 
+static void flush_unqueue(conn_t *c)
+{
+    if (!c->flush_queued) return;
+    c->flush_queued = false;
+    if (c->flush_prev)
+        c->flush_prev->flush_next = c->flush_next;
+    else
+        c->srv->flush_head = c->flush_next;
+    if (c->flush_next) c->flush_next->flush_prev = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+}
+
+/*
+ * Output queued from outside the server's read callback (a proxied response arriving on
+ * another socket, a timer) is written once the current loop phase is over: in the check
+ * phase right after this iteration's I/O callbacks, or in the prepare phase right before
+ * the loop would block (for output queued by timers). A response head and body produced
+ * by separate calls leave in one write, and nothing waits for the next poll.
+ */
+static void flush_queued(tr_http_server_t *s)
+{
+    while (s->flush_head) {
+        conn_t *c = s->flush_head;
+        flush_unqueue(c);
+        if (!c->closing) conn_flush(c);
+    }
+    uv_check_stop(&s->flusher);
+    uv_prepare_stop(&s->flusher_prep);
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    flush_queued(h->data);
+}
+
+static void on_flush_prepare(uv_prepare_t *h)
+{
+    flush_queued(h->data);
+}
+
 static void mark_dirty(conn_t *c)
 {
     if (c->processing) {
         c->dirty = true;
         return;
     }
-    conn_flush(c);
+    if (c->flush_queued || c->closing) return;
+    tr_http_server_t *s = c->srv;
+    c->flush_queued = true;
+    c->flush_prev = NULL;
+    c->flush_next = s->flush_head;
+    if (s->flush_head) s->flush_head->flush_prev = c;
+    s->flush_head = c;
+    uv_check_start(&s->flusher, on_flush_check);
+    uv_prepare_start(&s->flusher_prep, on_flush_prepare);
 }
 
 static void on_write(uv_write_t *w, int status)
@@ -376,6 +429,8 @@ static void maybe_close_sweep(tr_http_server_t *s)
     if (!s->closing || s->nconns || s->sweep_closed) return;
     s->sweep_closed = true;
     uv_close((uv_handle_t *)&s->sweep, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->flusher, on_server_handle_closed);
+    uv_close((uv_handle_t *)&s->flusher_prep, on_server_handle_closed);
 }
 
 static void on_conn_closed(uv_handle_t *h)
@@ -400,6 +455,7 @@ static void conn_close(conn_t *c)
 {
     if (c->closing) return;
     c->closing = true;
+    flush_unqueue(c);
     tr_http_server_t *s = c->srv;
     req_t *r = c->req;
     c->req = NULL;
@@ -1008,8 +1064,10 @@ int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t
     s->free_rbufs = tr_calloc(POOL_MAX, sizeof(char *));
     uv_tcp_init(loop, &s->listener);
     uv_timer_init(loop, &s->sweep);
-    s->listener.data = s->sweep.data = s;
-    s->handles_open = 2;
+    uv_check_init(loop, &s->flusher);
+    uv_prepare_init(loop, &s->flusher_prep);
+    s->listener.data = s->sweep.data = s->flusher.data = s->flusher_prep.data = s;
+    s->handles_open = 4;
     int err = uv_tcp_open(&s->listener, fd);
     if (!err) err = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
     if (err) {
@@ -1018,6 +1076,8 @@ int tr_http_server_start(uv_loop_t *loop, int fd, const tr_http_server_options_t
         uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
         s->sweep_closed = true;
         uv_close((uv_handle_t *)&s->sweep, on_server_handle_closed);
+        uv_close((uv_handle_t *)&s->flusher, on_server_handle_closed);
+        uv_close((uv_handle_t *)&s->flusher_prep, on_server_handle_closed);
         return err;
     }
     uint64_t every = sweep_interval(&s->opts);
@@ -1109,13 +1169,16 @@ void tr_http_req_resume(tr_http_req_t *pub)
 
 void tr_http_req_peer(const tr_http_req_t *pub, char *buf, size_t len)
 {
-    struct sockaddr_storage ss;
-    int n = sizeof(ss);
-    if (uv_tcp_getpeername(&R(pub)->conn->tcp, (struct sockaddr *)&ss, &n) == 0) {
-        tr_net_format_addr((struct sockaddr *)&ss, buf, len);
-        return;
+    conn_t *c = R(pub)->conn;
+    if (!c->peer[0]) { /* one system call per connection, not per request */
+        struct sockaddr_storage ss;
+        int n = sizeof(ss);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &n) == 0)
+            tr_net_format_addr((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+        else
+            snprintf(c->peer, sizeof(c->peer), "unknown");
     }
-    snprintf(buf, len, "unknown");
+    snprintf(buf, len, "%s", c->peer);
 }
 
 /* ---- public: response */

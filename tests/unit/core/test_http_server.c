@@ -46,7 +46,8 @@ struct fx_s {
     void (*handle)(fx_t *f, tr_http_req_t *req);
     void (*tick)(fx_t *f);
     /* what the handler saw */
-    int nreq, nabort, ndrain, nend, step;
+    int nreq, nabort, ndrain, nend, step, nrefill;
+    bool refill; /* test_backpressure_socket_full: keep the socket full until told to stop */
     char method[16], path[128], query[64];
     unsigned char http_minor;
     bool expect_continue, chunked, paused, body_while_paused, saw_partial, last_write_ok;
@@ -858,17 +859,38 @@ static void test_backpressure_in_handler(void **state)
     fx_finish(f);
 }
 
+static void write_until_full(fx_t *f, tr_http_req_t *req);
+
+/* Refills the output on every drain while f->refill holds, then finishes. */
+static void on_drain_refill(tr_http_req_t *req)
+{
+    fx_t *f = req->data;
+    if (!f->refill) {
+        on_drain_finish(req);
+        return;
+    }
+    f->nrefill++;
+    write_until_full(f, req);
+    req->on_drain = on_drain_refill;
+}
+
 static void write_from_timer(fx_t *f)
 {
     write_until_full(f, f->held);
+    f->held->on_drain = on_drain_refill;
 }
 
 static void h_write_later(fx_t *f, tr_http_req_t *req)
 {
     f->held = req;
+    f->refill = true;
     fx_tick_in(f, 1, write_from_timer);
 }
 
+/*
+ * A peer that doesn't read: the handler refills on each drain until the kernel's buffers
+ * are full; from then on no drain comes (backpressure), until the peer reads again.
+ */
 static void test_backpressure_socket_full(void **state)
 {
     fx_t *f = fx_start(NULL, h_write_later);
@@ -876,8 +898,16 @@ static void test_backpressure_socket_full(void **state)
     uv_read_stop((uv_stream_t *)&c->tcp); /* the peer doesn't read: the kernel buffers fill */
     client_sends(c, GET("/big"));
     RUN_UNTIL(f, f->false_at > 0);
+    int before;
+    do { /* until the refills stop: the socket is full */
+        before = f->nrefill;
+        fx_sleep(f, 50);
+    } while (f->nrefill != before && f->written < 64u * 1024 * 1024);
+    assert_true(f->written < 64u * 1024 * 1024);
     fx_sleep(f, 20);
+    assert_int_equal(f->nrefill, before);
     assert_int_equal(f->ndrain, 0);
+    f->refill = false;
     uv_read_start((uv_stream_t *)&c->tcp, on_client_alloc, on_client_read);
     RUN_UNTIL(f, f->ndrain == 1);
     RUN_UNTIL(f, ends_with(c, "\r\n0\r\n\r\n"));
