@@ -135,6 +135,10 @@ gw_gen_t *gw_gen_new(gw_worker_t *wk, gw_config_t *cfg, gw_gen_t *prev)
             g->ups[i] = up_new(wk, cfg, u);
         }
     }
+    g->route_breakers = tr_calloc(cfg->nroutes + 1, sizeof(*g->route_breakers));
+    for (size_t r = 0; r < cfg->nroutes; r++)
+        if (cfg->routes[r].has_breaker)
+            tr_breaker_init(&g->route_breakers[r], &cfg->routes[r].breaker);
     g->m_route_requests = tr_calloc(cfg->nroutes * 5 + 1, sizeof(*g->m_route_requests));
     g->m_route_latency = tr_calloc(cfg->nroutes + 1, sizeof(*g->m_route_latency));
     static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -155,6 +159,7 @@ void gw_gen_release(gw_gen_t *g)
     for (size_t i = 0; i < g->cfg->nupstreams; i++)
         up_release(g->ups[i]);
     free(g->ups);
+    free(g->route_breakers);
     free(g->m_route_requests);
     free(g->m_route_latency);
     gw_config_release(g->cfg);

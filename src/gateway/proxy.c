@@ -38,8 +38,8 @@ typedef struct gw_exchange_s {
     tr_http_req_t *req; /* NULL once the client's request has ended */
     tr_http_client_req_t *creq;
     tr_endpoint_t *ep;
-    tr_breaker_ticket_t ticket;
-    bool has_ticket, has_bulkhead, has_budget, retry_slot;
+    tr_breaker_ticket_t ticket, route_ticket;
+    bool has_ticket, has_route_ticket, has_bulkhead, has_budget, retry_slot;
     gw_timer_t *total, *try_timer, *backoff;
     uint32_t attempts;
     bool buffered, streaming, body_done, discard, try_timed_out, total_timed_out;
@@ -643,6 +643,11 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         tr_breaker_record(&up->breaker, &x->ticket, now, ok, now - x->try_start_ms);
         x->has_ticket = false;
     }
+    if (x->has_route_ticket) {
+        tr_breaker_record(&x->gen->route_breakers[x->route->index], &x->route_ticket, now, ok,
+                          now - x->try_start_ms);
+        x->has_route_ticket = false;
+    }
     if (x->ep) {
         if (up->cfg->has_outlier) {
             static const tr_outlier_result_t map[] = {TR_OUTLIER_STATUS, TR_OUTLIER_CONNECT_FAILURE,
@@ -776,22 +781,51 @@ static int pick(gw_exchange_t *x)
     return err;
 }
 
-static void attempt(gw_exchange_t *x)
+static void circuit_open(gw_exchange_t *x, const char *whose)
 {
-    gw_up_rt_t *up = x->up;
-    uint64_t now = uv_now(x->wk->loop);
-    if (up->cfg->has_breaker) {
-        if (tr_breaker_allow(&up->breaker, now, &x->ticket) != 0) {
-            if (!fallback(x, "circuit_open"))
-                fail(x, "circuit_open", "Circuit open",
-                     "the upstream's circuit breaker is open after recent failures; retry later");
-            return;
+    if (fallback(x, "circuit_open")) return;
+    char detail[128];
+    snprintf(detail, sizeof(detail),
+             "the %s circuit breaker is open after recent failures; retry later", whose);
+    fail(x, "circuit_open", "Circuit open", detail);
+}
+
+static void cancel_tickets(gw_exchange_t *x)
+{
+    if (x->has_ticket) tr_breaker_cancel(&x->up->breaker, &x->ticket);
+    if (x->has_route_ticket)
+        tr_breaker_cancel(&x->gen->route_breakers[x->route->index], &x->route_ticket);
+    x->has_ticket = x->has_route_ticket = false;
+}
+
+/* The route's own breaker (when it has one), then the upstream's. */
+static bool breakers_allow(gw_exchange_t *x, uint64_t now)
+{
+    if (x->route->has_breaker) {
+        tr_breaker_t *rb = &x->gen->route_breakers[x->route->index];
+        if (tr_breaker_allow(rb, now, &x->route_ticket) != 0) {
+            circuit_open(x, "route's");
+            return false;
+        }
+        x->has_route_ticket = true;
+    }
+    if (x->up->cfg->has_breaker) {
+        if (tr_breaker_allow(&x->up->breaker, now, &x->ticket) != 0) {
+            cancel_tickets(x);
+            circuit_open(x, "upstream's");
+            return false;
         }
         x->has_ticket = true;
     }
+    return true;
+}
+
+static void attempt(gw_exchange_t *x)
+{
+    uint64_t now = uv_now(x->wk->loop);
+    if (!breakers_allow(x, now)) return;
     if (pick(x) != 0) {
-        if (x->has_ticket) tr_breaker_cancel(&up->breaker, &x->ticket);
-        x->has_ticket = false;
+        cancel_tickets(x);
         if (!fallback(x, "no_healthy_endpoint"))
             fail(x, "no_healthy_endpoint", "No healthy endpoint",
                  "the upstream has no passing endpoint right now");
