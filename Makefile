@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEMO_ARGS ?=
 NODE_TEST_FLAGS ?= --test-concurrency=1
 
-.PHONY: all build deps demo test test-unit test-e2e test-interop test-asan format format-check bench bench-http fuzz clean
+.PHONY: all build deps demo test test-unit test-e2e test-interop test-asan format format-check bench bench-http bench-gateway fuzz clean
 
 all: build
 
@@ -56,10 +56,13 @@ test-asan: $(ASAN_BUILD)/build.ninja
 test: deps format-check
 	$(MAKE) test-unit test-e2e test-interop test-asan
 
-bench: bench-http
+bench: bench-http bench-gateway
 
 bench-http: deps build
 	bench/http.sh
+
+bench-gateway: deps build
+	bench/gateway.sh
 
 $(FUZZ_BUILD)/build.ninja:
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -G Ninja -DTR_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

@@ -8,9 +8,9 @@ PKGS=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates procps
   clang clang-format libclang-rt-14-dev
   libuv1-dev libhttp-parser-dev libjansson-dev libyaml-dev libsqlite3-dev
-  libssl-dev libjwt-dev libcmocka-dev
+  libssl-dev libcmocka-dev
   nodejs
-  wrk nginx-light
+  wrk nginx-light haproxy
   golang-go golang-github-armon-consul-api-dev python3-consul
 )
 
@@ -33,10 +33,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# nginx-light's package starts a system nginx on :80; the benchmark runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
-  $SUDO systemctl stop nginx || true
-fi
+# nginx-light's and haproxy's packages start system services; the benchmarks run their own.
+for svc in nginx haproxy; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet $svc 2>/dev/null; then
+    $SUDO systemctl stop $svc || true
+  fi
+done
 
 if [ "${1:-}" != "--no-npm" ] && [ -f tests/e2e/package.json ]; then
   stamp=tests/e2e/node_modules/.deps-stamp

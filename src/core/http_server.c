@@ -1189,8 +1189,12 @@ void tr_http_res_headern(tr_http_req_t *pub, const char *name, size_t name_len, 
     req_t *r = R(pub);
     if (r->res_started) return;
     if (name_len == 14 && !strncasecmp(name, "content-length", 14)) {
+        /* `value` is counted, not terminated (a proxy passes header bytes through). */
+        uint64_t n = 0;
+        for (size_t i = 0; i < value_len && value[i] >= '0' && value[i] <= '9'; i++)
+            n = n * 10 + (uint64_t)(value[i] - '0');
         r->res_length_known = true;
-        r->res_length = strtoull(value, NULL, 10);
+        r->res_length = n;
         return;
     }
     if (r->nres == r->res_cap) {

@@ -60,6 +60,12 @@ void gw_admin_handle(tr_http_req_t *req, void *data)
         gw_config_t *c = gw_current_config(wk->gw);
         json_t *j = json_deep_copy(c->effective);
         json_object_set_new(j, "source", json_string(c->path));
+        /* What is actually bound and running, command-line overrides included. */
+        tr_gateway_t *gw = wk->gw;
+        json_object_set_new(j, "listen", json_string(gw->listen_addr));
+        json_object_set_new(json_object_get(j, "admin"), "listen",
+                            gw->admin_addr[0] ? json_string(gw->admin_addr) : json_string("off"));
+        json_object_set_new(j, "workers", json_integer(gw->nworkers));
         gw_config_release(c);
         send_json(req, 200, j);
     } else if (is(req, "GET", "/admin/upstreams")) {

@@ -57,8 +57,7 @@ static void agg_done(agg_t *a)
 
 static void part_fail(agg_part_t *p, const char *reason, int status)
 {
-    json_t *e = json_pack("{s:s}", "error", reason);
-    if (status) json_object_set_new(e, "status", json_integer(status));
+    json_t *e = json_pack("{s:s, s:i}", "error", reason, "status", status);
     json_object_set_new(p->agg->result, p->part->name, e);
     json_array_append_new(p->agg->failed, json_string(p->part->name));
 }
@@ -77,15 +76,16 @@ static void on_part(tr_http_client_req_t *creq, int err, const tr_http_client_re
     agg_part_t *p = tr_http_client_req_data(creq);
     p->creq = NULL;
     if (err) {
-        part_fail(p, p->timed_out ? "timeout" : tr_err_name(err), 0);
+        part_fail(p, p->timed_out ? "upstream_timeout" : "upstream_connect_failure",
+                  p->timed_out ? 504 : 502);
     } else if (res->status < 200 || res->status > 299) {
-        part_fail(p, "upstream status", res->status);
+        part_fail(p, "upstream_status", res->status);
     } else {
         json_t *j = json_loadb(res->body, res->body_len, JSON_DECODE_ANY, NULL);
         if (j)
             json_object_set_new(p->agg->result, p->part->name, j);
         else
-            part_fail(p, "response is not JSON", res->status);
+            part_fail(p, "not_json", res->status);
     }
     part_end(p);
 }
@@ -111,7 +111,7 @@ static void start_part(agg_t *a, const gw_part_t *part)
     a->pending++;
     gw_up_rt_t *up = a->gen->ups[part->upstream->index];
     if (!up->watch || tr_discovery_pick(up->watch, up->cfg->lb, &p->ep) != 0) {
-        part_fail(p, "no healthy endpoint", 0);
+        part_fail(p, "no_healthy_endpoint", 503);
         part_end(p);
         return;
     }
@@ -127,7 +127,7 @@ static void start_part(agg_t *a, const gw_part_t *part)
                                   .flags = TR_HTTP_CLIENT_IDEMPOTENT,
                                   .data = p};
     if (tr_http_client_fetch(up->client, &p->ep->http, &r, on_part, &p->creq) != 0) {
-        part_fail(p, "connect failure", 0);
+        part_fail(p, "upstream_connect_failure", 502);
         part_end(p);
         return;
     }

@@ -44,6 +44,8 @@ static void register_metrics(void)
     m_reloads =
         tr_metrics_counter(reg, "trellis_gateway_reloads_total", "Config reloads by result.",
                            (const char *const[]){"result", NULL});
+    tr_metric_series(m_reloads, (const char *const[]){"ok", NULL});
+    tr_metric_series(m_reloads, (const char *const[]){"failed", NULL});
 }
 
 /* ---- upstream state, shared by the generations that keep its config */
@@ -65,6 +67,50 @@ static bool same_upstream(const gw_upstream_t *a, const gw_upstream_t *b)
     return true;
 }
 
+/*
+ * The process-wide limits of upstream `u`: the same object for every worker, and across
+ * reloads while the limits stay the same, so slots taken before a reload are given back
+ * to the bulkhead that counted them.
+ */
+static gw_shared_t *shared_get(tr_gateway_t *gw, const gw_upstream_t *u)
+{
+    uv_mutex_lock(&gw->lock);
+    gw_shared_t *sh = gw->shared;
+    while (sh && (strcmp(sh->name, u->name) ||
+                  memcmp(&sh->bulkhead_cfg, &u->bulkhead, sizeof(u->bulkhead)) ||
+                  sh->budget_percent != u->budget_percent || sh->budget_min != u->budget_min))
+        sh = sh->next;
+    if (!sh) {
+        sh = tr_calloc(1, sizeof(*sh));
+        sh->name = tr_strdup(u->name);
+        sh->bulkhead_cfg = u->bulkhead;
+        sh->budget_percent = u->budget_percent;
+        sh->budget_min = u->budget_min;
+        tr_bulkhead_init(&sh->bulkhead, &u->bulkhead);
+        tr_retry_budget_init(&sh->budget, u->budget_percent, u->budget_min);
+        sh->next = gw->shared;
+        gw->shared = sh;
+    }
+    sh->refs++;
+    uv_mutex_unlock(&gw->lock);
+    return sh;
+}
+
+static void shared_put(tr_gateway_t *gw, gw_shared_t *sh)
+{
+    uv_mutex_lock(&gw->lock);
+    if (--sh->refs == 0) {
+        for (gw_shared_t **p = &gw->shared; *p; p = &(*p)->next)
+            if (*p == sh) {
+                *p = sh->next;
+                break;
+            }
+        free(sh->name);
+        free(sh);
+    }
+    uv_mutex_unlock(&gw->lock);
+}
+
 static gw_up_rt_t *up_new(gw_worker_t *wk, gw_config_t *cfg, const gw_upstream_t *u)
 {
     gw_up_rt_t *up = tr_calloc(1, sizeof(*up));
@@ -79,9 +125,8 @@ static gw_up_rt_t *up_new(gw_worker_t *wk, gw_config_t *cfg, const gw_upstream_t
     co.response_timeout_ms = 0; /* the route's timeouts govern */
     up->client = tr_http_client_new(wk->loop, &co);
     tr_breaker_init(&up->breaker, &u->breaker);
-    tr_bulkhead_init(&up->bulkhead, &u->bulkhead);
+    up->shared = shared_get(wk->gw, u);
     tr_outlier_pool_init(&up->outlier, &u->outlier, 0);
-    tr_retry_budget_init(&up->budget, u->budget_percent, u->budget_min);
     int err;
     if (u->service) {
         err = tr_discovery_watch(wk->disc, u->service, &up->watch);
@@ -104,9 +149,10 @@ static gw_up_rt_t *up_new(gw_worker_t *wk, gw_config_t *cfg, const gw_upstream_t
     return up;
 }
 
-static void up_release(gw_up_rt_t *up)
+static void up_release(tr_gateway_t *gw, gw_up_rt_t *up)
 {
     if (--up->refs > 0) return;
+    shared_put(gw, up->shared);
     tr_http_client_close(up->client, NULL);
     gw_config_release(up->owner);
     free(up);
@@ -157,7 +203,7 @@ void gw_gen_release(gw_gen_t *g)
     if (!g || --g->refs > 0) return;
     gw_worker_t *wk = g->wk;
     for (size_t i = 0; i < g->cfg->nupstreams; i++)
-        up_release(g->ups[i]);
+        up_release(wk->gw, g->ups[i]);
     free(g->ups);
     free(g->route_breakers);
     free(g->m_route_requests);
@@ -210,6 +256,8 @@ static void jwks_start(gw_worker_t *wk, gw_config_t *cfg)
         tr_jwks_options_init(&o);
         o.url = j->jwks_url;
         o.refresh_ms = j->jwks_refresh_ms;
+        o.min_interval_ms = j->jwks_min_interval_ms;
+        o.timeout_ms = j->jwks_timeout_ms;
         o.on_keys = on_jwks_keys;
         o.data = j;
         int err = tr_jwks_start(wk->loop, &o, &j->fetcher);
@@ -291,9 +339,9 @@ static void publish_state(gw_worker_t *wk)
                       (json_int_t)up->breaker.stats.rejected, "outlier", "ejections_total",
                       (json_int_t)up->outlier.ejections_total, "ejected",
                       (json_int_t)up->outlier.ejected, "bulkhead", "active_requests",
-                      (json_int_t)tr_bulkhead_used(&up->bulkhead, TR_BULKHEAD_REQUESTS), "rejected",
-                      (json_int_t)up->bulkhead.rejected[TR_BULKHEAD_REQUESTS], "max_requests",
-                      (json_int_t)up->bulkhead.max[TR_BULKHEAD_REQUESTS]));
+                      (json_int_t)tr_bulkhead_used(&up->shared->bulkhead, TR_BULKHEAD_REQUESTS),
+                      "rejected", (json_int_t)up->shared->bulkhead.rejected[TR_BULKHEAD_REQUESTS],
+                      "max_requests", (json_int_t)up->shared->bulkhead.max[TR_BULKHEAD_REQUESTS]));
     }
     char *text = json_dumps(out, JSON_COMPACT);
     json_decref(out);
@@ -355,6 +403,8 @@ int tr_gateway_reload(tr_gateway_t *gw, char *err, size_t errlen)
     return 0;
 }
 
+static void on_file_event(uv_fs_event_t *h, const char *name, int events, int status);
+
 /* Editors replace files in bursts of events: reload once things settle. */
 static void on_debounced_reload(uv_timer_t *t)
 {
@@ -363,7 +413,7 @@ static void on_debounced_reload(uv_timer_t *t)
     tr_gateway_reload(wk->gw, err, sizeof(err));
     /* A rename-replace leaves the watch on the old inode: watch the path again. */
     uv_fs_event_stop(&wk->watch_file);
-    uv_fs_event_start(&wk->watch_file, NULL, wk->gw->o.config_path, 0);
+    uv_fs_event_start(&wk->watch_file, on_file_event, wk->gw->o.config_path, 0);
 }
 
 static void on_file_event(uv_fs_event_t *h, const char *name, int events, int status)

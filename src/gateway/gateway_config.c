@@ -238,8 +238,8 @@ static int compile_header_ops(tr_config_t *cfg, const json_t *o, gw_headers_t *h
         h->ops[h->n++] =
             (gw_header_op_t){k, json_string_value(v), strlen(k), json_string_length(v)};
     }
-    json_object_set(out, "add", add ? add : json_object());
-    json_object_set(out, "remove", rm ? rm : json_array());
+    json_object_set_new(out, "add", add ? json_incref(add) : json_object());
+    json_object_set_new(out, "remove", rm ? json_incref(rm) : json_array());
     return 0;
 }
 
@@ -382,11 +382,13 @@ static void resolve_path(const char *cfg_path, const char *file, char *out, size
 static int add_jwt_key(tr_config_t *cfg, const char *cfg_path, const json_t *k,
                        tr_jwt_keyset_t *set, json_t *out)
 {
-    static const char *const keys[] = {"file", "pem", "secret", "alg", "kid", NULL};
+    static const char *const keys[] = {"file", "pem", "secret", "secret_base64url",
+                                       "alg",  "kid", NULL};
     if (!json_is_object(k) || tr_config_check_keys(cfg, k, keys))
         return json_is_object(k) ? TR_ECONFIG : tr_config_fail(cfg, k, NULL, "expected a mapping");
-    const char *file, *pem, *secret, *alg_name, *kid;
-    if (tr_config_get_string(cfg, k, "file", NULL, &file) ||
+    const char *file, *pem, *secret, *secret64, *alg_name, *kid;
+    if (tr_config_get_string(cfg, k, "secret_base64url", NULL, &secret64) ||
+        tr_config_get_string(cfg, k, "file", NULL, &file) ||
         tr_config_get_string(cfg, k, "pem", NULL, &pem) ||
         tr_config_get_string(cfg, k, "secret", NULL, &secret) ||
         tr_config_get_string(cfg, k, "alg", NULL, &alg_name) ||
@@ -398,11 +400,19 @@ static int add_jwt_key(tr_config_t *cfg, const char *cfg_path, const json_t *k,
                               "every key pins one algorithm: HS256, HS384, HS512, RS256, RS384, "
                               "RS512, PS256, ES256 or ES384");
     int rc;
+    unsigned char raw[512];
+    size_t secret_len = secret ? strlen(secret) : 0;
+    if (secret64) {
+        int n = tr_jwt_base64url_decode(secret64, strlen(secret64), raw, sizeof(raw));
+        if (n < 0) return tr_config_fail(cfg, k, "secret_base64url", "not valid base64url");
+        secret = (const char *)raw;
+        secret_len = (size_t)n;
+    }
     if (secret) {
-        rc = tr_jwt_keyset_add_hmac(set, kid, (tr_jwt_alg_t)alg, secret, strlen(secret));
+        rc = tr_jwt_keyset_add_hmac(set, kid, (tr_jwt_alg_t)alg, secret, secret_len);
         if (rc)
-            return tr_config_fail(cfg, k, "secret", "an %s secret must be at least %d bytes long",
-                                  alg_name,
+            return tr_config_fail(cfg, k, secret64 ? "secret_base64url" : "secret",
+                                  "an %s secret must be at least %d bytes long", alg_name,
                                   alg == TR_JWT_HS256   ? 32
                                   : alg == TR_JWT_HS384 ? 48
                                                         : 64);
@@ -471,10 +481,13 @@ static int compile_jwt(tr_config_t *cfg, const char *cfg_path, const json_t *o, 
     }
     atomic_store(&j->keys, set);
     if (jwks) {
-        static const char *const jk[] = {"url", "refresh", NULL};
+        static const char *const jk[] = {"url", "refresh", "min_refresh_interval", "timeout", NULL};
         if (tr_config_check_keys(cfg, jwks, jk) ||
             tr_config_get_string(cfg, jwks, "url", NULL, &j->jwks_url) ||
-            tr_config_get_duration(cfg, jwks, "refresh", 300000, &j->jwks_refresh_ms))
+            tr_config_get_duration(cfg, jwks, "refresh", 300000, &j->jwks_refresh_ms) ||
+            tr_config_get_duration(cfg, jwks, "min_refresh_interval", 30000,
+                                   &j->jwks_min_interval_ms) ||
+            tr_config_get_duration(cfg, jwks, "timeout", 10000, &j->jwks_timeout_ms))
             return TR_ECONFIG;
         if (!j->jwks_url || strncmp(j->jwks_url, "http://", 7))
             return tr_config_fail(cfg, jwks, "url", "expected an http:// URL of a JWKS document");
@@ -619,6 +632,10 @@ static int compile_route(tr_config_t *cfg, gw_config_t *c, tr_route_t *route, gw
         return TR_ECONFIG;
     eff(out, "name", json_string(r->name));
     eff(out, "match", json_incref(json_object_get(def, "match")) ?: json_object());
+    json_t *v;
+    eff(out, "strip_prefix", json_boolean(json_is_true(json_object_get(def, "strip_prefix"))));
+    eff(out, "rewrite", (v = json_object_get(def, "rewrite")) ? json_incref(v) : json_null());
+    eff(out, "subsets", (v = json_object_get(def, "subsets")) ? json_incref(v) : json_array());
     eff(out, "timeout", dur_json(r->timeout_ms));
     eff(out, "per_try_timeout", dur_json(r->per_try_timeout_ms));
     if (compile_retry(cfg, def, r, out)) return TR_ECONFIG;
@@ -646,10 +663,18 @@ static int compile_route(tr_config_t *cfg, gw_config_t *c, tr_route_t *route, gw
                                      : tr_config_fail(cfg, def, "headers", "expected a mapping");
         json_t *rq = json_object(), *rs = json_object();
         eff(out, "headers", json_pack("{s:o, s:o}", "request", rq, "response", rs));
+        json_object_set_new(rq, "add", json_object());
+        json_object_set_new(rq, "remove", json_array());
+        json_object_set_new(rs, "add", json_object());
+        json_object_set_new(rs, "remove", json_array());
         if (compile_header_ops(cfg, json_object_get(o, "request"), &r->req_headers, rq) ||
             compile_header_ops(cfg, json_object_get(o, "response"), &r->res_headers, rs))
             return TR_ECONFIG;
     }
+    if (!o)
+        eff(out, "headers",
+            json_pack("{s:{s:{}, s:[]}, s:{s:{}, s:[]}}", "request", "add", "remove", "response",
+                      "add", "remove"));
     eff(out, "cors", e = json_object());
     if (compile_cors(cfg, json_object_get(def, "cors"), &r->cors, e)) return TR_ECONFIG;
     if (!r->cors.on) eff(out, "cors", json_null());
@@ -757,6 +782,7 @@ static void config_free(gw_config_t *c)
         }
         if (r->jwt) {
             tr_jwt_keyset_release(atomic_load(&r->jwt->keys));
+            tr_jwt_keyset_release(r->jwt->retired);
             free((void *)r->jwt->verifier.issuers);
             free((void *)r->jwt->verifier.audiences);
             free((void *)r->jwt->verifier.required);

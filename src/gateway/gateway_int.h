@@ -81,7 +81,7 @@ typedef struct gw_jwt_s {
     tr_jwt_verifier_t verifier;
     _Atomic(tr_jwt_keyset_t *) keys; /* swapped by the JWKS fetcher */
     const char *jwks_url;
-    uint64_t jwks_refresh_ms;
+    uint64_t jwks_refresh_ms, jwks_min_interval_ms, jwks_timeout_ms;
     gw_claim_header_t *claims;
     size_t nclaims;
     bool optional;             /* a request without a token passes (claims are not forwarded) */
@@ -149,6 +149,18 @@ void gw_config_release(gw_config_t *c);
 
 typedef struct gw_worker_s gw_worker_t;
 
+/* Per upstream and per process: the limits that must hold across all workers. */
+typedef struct gw_shared_s {
+    char *name;
+    unsigned refs; /* under the gateway's lock */
+    tr_bulkhead_config_t bulkhead_cfg;
+    double budget_percent;
+    uint32_t budget_min;
+    tr_bulkhead_t bulkhead;
+    tr_retry_budget_t budget;
+    struct gw_shared_s *next;
+} gw_shared_t;
+
 typedef struct gw_up_rt_s {
     unsigned refs; /* generations sharing this state (the upstream's config did not change) */
     const gw_upstream_t *cfg;
@@ -156,9 +168,8 @@ typedef struct gw_up_rt_s {
     tr_http_client_t *client;
     tr_discovery_watch_t *watch;
     tr_breaker_t breaker;
-    tr_bulkhead_t bulkhead;
+    struct gw_shared_s *shared; /* bulkhead and retry budget, shared by every worker */
     tr_outlier_pool_t outlier;
-    tr_retry_budget_t budget;
     tr_series_t *m_requests, *m_errors, *m_retries, *m_latency, *m_ejections, *m_breaker_open;
     uint32_t last_endpoints;
 } gw_up_rt_t;
@@ -212,7 +223,8 @@ struct tr_gateway_s {
     int *fds, admin_fd;
     int nworkers;
     gw_worker_t **workers;
-    char **snapshots; /* per worker: its upstream state as JSON, under lock */
+    char **snapshots;    /* per worker: its upstream state as JSON, under lock */
+    gw_shared_t *shared; /* under lock */
     int access_fd;
     char listen_addr[64], admin_addr[64];
     uint64_t reloads, reload_failures;

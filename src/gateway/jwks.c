@@ -103,8 +103,8 @@ static int parse_url(tr_jwks_t *j, const char *url)
     snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%s" : "%s:%s", j->host, j->port);
     j->literal = tr_http_endpoint_parse(&j->ep, hostport) == 0;
     if (!j->literal && v6) return UV_EINVAL;
-    if (!j->literal && strlen(hostport) < sizeof(j->ep.host))
-        snprintf(j->ep.host, sizeof(j->ep.host), "%s", hostport);
+    size_t hplen = strlen(hostport);
+    if (!j->literal && hplen < sizeof(j->ep.host)) memcpy(j->ep.host, hostport, hplen + 1);
     j->target = tr_strdup(slash ? slash : "/");
     return 0;
 }

@@ -54,6 +54,7 @@ typedef struct gw_exchange_s {
     char target[MAX_TARGET];
     char corr[40], reqid[40], trace_id[33], traceparent[56];
     char endpoint[64];
+    char failed_id[64]; /* the endpoint the last attempt failed on: retries go elsewhere */
     char method[16];
     char path[256];
     size_t path_len;
@@ -122,7 +123,7 @@ static gw_exchange_t *exchange_get(gw_worker_t *wk)
     /* Only the head of the struct needs zeroing: the buffers are written before use. */
     memset(x, 0, offsetof(gw_exchange_t, target));
     x->target[0] = x->corr[0] = x->reqid[0] = x->trace_id[0] = x->endpoint[0] = '\0';
-    x->method[0] = x->path[0] = '\0';
+    x->method[0] = x->path[0] = x->failed_id[0] = '\0';
     x->body = (tr_buf_t)TR_BUF_INIT;
     x->wk = wk;
     return x;
@@ -182,18 +183,18 @@ static bool hop_by_hop(const char *name, size_t len)
     }
 }
 
-/* Whether `name` is listed in a Connection header value (also hop-by-hop, RFC 9110 7.6.1). */
-static bool in_connection(const char *conn, const char *name, size_t len)
+/* Whether `name` is listed in a Connection header value (also hop-by-hop, RFC 9110 7.6.1).
+ * The value is counted, not terminated: upstream header bytes are passed through. */
+static bool in_connection(const char *conn, size_t conn_len, const char *name, size_t len)
 {
-    if (!conn) return false;
-    const char *p = conn;
-    while (*p) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
+    const char *p = conn, *end = conn ? conn + conn_len : NULL;
+    while (p && p < end) {
+        while (p < end && (*p == ' ' || *p == ',' || *p == '\t'))
             p++;
         const char *s = p;
-        while (*p && *p != ',' && *p != ' ' && *p != '\t')
+        while (p < end && *p != ',' && *p != ' ' && *p != '\t')
             p++;
-        if ((size_t)(p - s) == len && !strncasecmp(s, name, len)) return true;
+        if (p > s && (size_t)(p - s) == len && !strncasecmp(s, name, len)) return true;
     }
     return false;
 }
@@ -278,7 +279,7 @@ static void build_headers(gw_exchange_t *x, bool keep_tracestate, const tr_jwt_c
     for (size_t i = 0; i < req->nheaders; i++) {
         const tr_http_header_t *h = &req->headers[i];
         if (hop_by_hop(h->name, h->name_len)) continue;
-        if (conn && in_connection(conn->value, h->name, h->name_len)) continue;
+        if (conn && in_connection(conn->value, conn->value_len, h->name, h->name_len)) continue;
         if (NAME_IS(h, "x-forwarded-for")) {
             xff = h->value;
             xff_len = h->value_len;
@@ -530,8 +531,8 @@ static void finish(gw_exchange_t *x)
     gw_timer_put(wk, x->backoff);
     release_attempt_state(x);
     x->total = x->backoff = NULL;
-    if (x->has_bulkhead) tr_bulkhead_release(&x->up->bulkhead, TR_BULKHEAD_REQUESTS);
-    if (x->has_budget) tr_retry_budget_request_end(&x->up->budget);
+    if (x->has_bulkhead) tr_bulkhead_release(&x->up->shared->bulkhead, TR_BULKHEAD_REQUESTS);
+    if (x->has_budget) tr_retry_budget_request_end(&x->up->shared->budget);
     if (x->route) {
         int cls = x->status / 100;
         if (cls >= 1 && cls <= 5)
@@ -561,11 +562,12 @@ static void respond_headers(gw_exchange_t *x, int status, const tr_http_client_h
     tr_http_req_t *req = x->req;
     const gw_headers_t *ops = &x->route->res_headers;
     const char *conn = NULL;
+    size_t conn_len = 0;
     for (size_t i = 0; i < n; i++)
-        if (NAME_IS(&h[i], "connection")) conn = h[i].value;
+        if (NAME_IS(&h[i], "connection")) conn = h[i].value, conn_len = h[i].value_len;
     for (size_t i = 0; i < n; i++) {
         if (hop_by_hop(h[i].name, h[i].name_len)) continue;
-        if (conn && in_connection(conn, h[i].name, h[i].name_len)) continue;
+        if (conn && in_connection(conn, conn_len, h[i].name, h[i].name_len)) continue;
         /* Our server writes its own Date; the IDs are ours to return. */
         if (NAME_IS(&h[i], "x-correlation-id") || NAME_IS(&h[i], "x-request-id") ||
             NAME_IS(&h[i], "date"))
@@ -598,7 +600,7 @@ static bool may_retry(gw_exchange_t *x, const tr_retry_outcome_t *o)
 {
     if (!x->req || x->total_timed_out || x->streaming) return false;
     if (!tr_retry_should(&x->route->retry, x->req->method, o, x->attempts)) return false;
-    if (!tr_retry_budget_allow(&x->up->budget)) return false;
+    if (!tr_retry_budget_allow(&x->up->shared->budget)) return false;
     x->retry_slot = true;
     return true;
 }
@@ -649,6 +651,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         x->has_route_ticket = false;
     }
     if (x->ep) {
+        if (!ok) snprintf(x->failed_id, sizeof(x->failed_id), "%s", x->ep->id);
         if (up->cfg->has_outlier) {
             static const tr_outlier_result_t map[] = {TR_OUTLIER_STATUS, TR_OUTLIER_CONNECT_FAILURE,
                                                       TR_OUTLIER_RESET, TR_OUTLIER_TIMEOUT};
@@ -662,7 +665,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         x->ep = NULL;
     }
     if (x->retry_slot && x->attempts > 1) {
-        tr_retry_budget_retry_end(&up->budget);
+        tr_retry_budget_retry_end(&up->shared->budget);
     }
 }
 
@@ -767,16 +770,21 @@ static void on_total_timeout(uv_timer_t *t)
 static bool endpoint_ok(tr_endpoint_t *ep, void *data)
 {
     gw_exchange_t *x = data;
-    return tr_outlier_available(&x->up->outlier, tr_endpoint_user(ep), uv_now(x->wk->loop));
+    if (x->failed_id[0] && !strcmp(ep->id, x->failed_id)) return false;
+    return !x->up->cfg->has_outlier ||
+           tr_outlier_available(&x->up->outlier, tr_endpoint_user(ep), uv_now(x->wk->loop));
 }
 
+/* An endpoint that is not ejected and, on a retry, not the one that just failed. */
 static int pick(gw_exchange_t *x)
 {
     gw_up_rt_t *up = x->up;
     if (!up->watch) return TR_ENOTFOUND;
-    if (!up->cfg->has_outlier) return tr_discovery_pick(up->watch, up->cfg->lb, &x->ep);
+    if (!up->cfg->has_outlier && !x->failed_id[0])
+        return tr_discovery_pick(up->watch, up->cfg->lb, &x->ep);
     int err = tr_discovery_pick_if(up->watch, up->cfg->lb, endpoint_ok, x, &x->ep);
-    /* Every endpoint ejected: Envoy's panic mode routes to all rather than fail. */
+    /* Every endpoint ejected (or the failed one is the only one): Envoy's panic mode
+     * routes to all rather than fail. */
     if (err == TR_ENOTFOUND) err = tr_discovery_pick(up->watch, up->cfg->lb, &x->ep);
     return err;
 }
@@ -950,7 +958,11 @@ static bool authenticate(gw_exchange_t *x, tr_jwt_claims_t *claims)
     x->status = 401;
     common_headers(x);
     char www[160];
-    snprintf(www, sizeof(www), "Bearer error=\"invalid_token\", error_description=\"%s\"", reason);
+    if (h) /* RFC 6750 3.1: no error code when the request carried no credentials */
+        snprintf(www, sizeof(www), "Bearer error=\"invalid_token\", error_description=\"%s\"",
+                 reason);
+    else
+        snprintf(www, sizeof(www), "Bearer");
     tr_http_res_header(x->req, "WWW-Authenticate", www);
     tr_http_res_header(x->req, "x-trellis-error", "unauthorized");
     tr_http_res_problem(x->req, 401, "unauthorized", "Unauthorized", "%s", reason);
@@ -1089,13 +1101,13 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     x->up = gen->ups[u->index];
     build_headers(x, keep_tracestate, &claims);
     tr_jwt_claims_clear(&claims);
-    if (tr_bulkhead_acquire(&x->up->bulkhead, TR_BULKHEAD_REQUESTS) != 0) {
+    if (tr_bulkhead_acquire(&x->up->shared->bulkhead, TR_BULKHEAD_REQUESTS) != 0) {
         fail(x, "overloaded", "Upstream overloaded",
              "the upstream's concurrent request limit is reached; retry shortly");
         return;
     }
     x->has_bulkhead = true;
-    tr_retry_budget_request_begin(&x->up->budget);
+    tr_retry_budget_request_begin(&x->up->shared->budget);
     x->has_budget = true;
     if (x->route->timeout_ms) {
         x->total = gw_timer_get(wk);
