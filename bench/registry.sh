@@ -25,6 +25,11 @@ done
 
 TRELLIS=${TRELLIS_BIN:-build/trellis}
 LOADGEN=${LOADGEN_BIN:-build/trellis-loadgen}
+# Like bench/http.sh: the server under test on core 0, everything that loads it (the
+# echo processes its checks call, wrk, loadgen) on core 1, so they don't compete.
+SERVER_CORE="taskset -c 0"
+LOAD_CORE="taskset -c 1"
+if [ "$(nproc)" -lt 2 ]; then SERVER_CORE=""; LOAD_CORE=""; fi
 RATE=5000
 for tool in wrk node curl "$TRELLIS" "$LOADGEN"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench/registry.sh: $tool not found (run scripts/deps.sh and make build)" >&2; exit 1; }
@@ -51,10 +56,10 @@ start() {
 
 ECHO_PORTS=""
 for i in 1 2 3 4; do
-  start "echo$i" "$TRELLIS" echo --listen 127.0.0.1:0 --workers 1
+  start "echo$i" $LOAD_CORE "$TRELLIS" echo --listen 127.0.0.1:0 --workers 1
   ECHO_PORTS="$ECHO_PORTS${ECHO_PORTS:+,}${ADDR##*:}"
 done
-start registry "$TRELLIS" registry --listen 127.0.0.1:0 --data-dir "$WORK/data"
+start registry $SERVER_CORE "$TRELLIS" registry --listen 127.0.0.1:0 --data-dir "$WORK/data"
 REG_PID=$LAST_PID
 BASE="http://$ADDR"
 
@@ -69,7 +74,7 @@ RSS=$(awk '/VmRSS/ {print $2}' "/proc/$REG_PID/status")
 CPU=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" -v s="$CPU_SECONDS" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')
 PASSING=$(curl -s "$BASE/v1/health/state/passing" | grep -o '"Status":"passing"' | wc -l)
 
-wrk -t1 -c16 -d10s --latency "$BASE/v1/health/service/svc7?passing" > "$WORK/wrk.out"
+$LOAD_CORE wrk -t1 -c16 -d10s --latency "$BASE/v1/health/service/svc7?passing" > "$WORK/wrk.out"
 RPS=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
 P50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
 P99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
@@ -77,7 +82,7 @@ P99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
 # Latency at a fixed rate, open loop: each request's latency runs from its scheduled send
 # time, so a stall shows up in every request queued behind it (no coordinated omission).
 RATE_OK=1
-"$LOADGEN" rate --url "$BASE/v1/health/service/svc7?passing" --rate "$RATE" --connections 16 \
+$LOAD_CORE "$LOADGEN" rate --url "$BASE/v1/health/service/svc7?passing" --rate "$RATE" --connections 16 \
   --duration 10s --warmup 2s > "$WORK/rate.out" || RATE_OK=0
 kv() { awk -v k="$1" '$1 == k { print $2 }' "$2"; }
 R_RATE=$(kv rate "$WORK/rate.out"); R_ERR=$(kv errors "$WORK/rate.out")
@@ -89,7 +94,7 @@ R_LAG=$(kv send_lag_p99_ms "$WORK/rate.out")
 # instance of it, and time until every watcher has its answer.
 node bench/registry-load.mjs watched "$BASE" watched
 WATCH_OK=1
-"$LOADGEN" watchers --url "$BASE/v1/health/service/watched" --count "$WATCHERS" \
+$LOAD_CORE "$LOADGEN" watchers --url "$BASE/v1/health/service/watched" --count "$WATCHERS" \
   --trigger-url "$BASE/v1/agent/service/register" --trigger-method PUT \
   --trigger-body '{"ID":"watched-1","Name":"watched","Address":"127.0.0.1","Port":2}' \
   > "$WORK/watch.out" || WATCH_OK=0
