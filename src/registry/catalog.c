@@ -145,7 +145,9 @@ struct tr_catalog_s {
     tr_waiter_t *watchers; /* watchers of unscoped queries */
     tr_checker_t *checker;
     uv_timer_t *sweep;
-    tr_discovery_hub_t *hub; /* in-process discovery clients, or NULL */
+    tr_discovery_hub_t *hub;           /* in-process discovery clients, or NULL */
+    tr_catalog_check_cb on_check_down; /* sessions: a check went critical or away */
+    void *on_check_down_data;
     uv_async_t *hub_want;
 };
 
@@ -1486,7 +1488,25 @@ static int set_status(tr_catalog_t *cat, check_t *c, tr_check_status_t st, const
     c->modify_index = idx;
     count_metrics(cat);
     notify(cat, check_service_name(cat, c));
+    if (st == TR_CHECK_CRITICAL && cat->on_check_down) {
+        char *id = tr_strdup(c->id); /* the callback may change the catalog */
+        cat->on_check_down(cat->on_check_down_data, id);
+        free(id);
+    }
     return 0;
+}
+
+void tr_catalog_on_check_down(tr_catalog_t *cat, tr_catalog_check_cb cb, void *data)
+{
+    cat->on_check_down = cb;
+    cat->on_check_down_data = data;
+}
+
+int tr_catalog_check_status(const tr_catalog_t *cat, const char *id)
+{
+    if (!strcmp(id, "serfHealth")) return TR_CHECK_PASSING; /* this agent's node is alive */
+    const check_t *c = find_check(cat, id);
+    return c ? (int)c->status : -1;
 }
 
 /* A finished HTTP/TCP run, with Consul's SuccessBeforePassing / FailuresBeforeCritical. */
@@ -1616,11 +1636,22 @@ static bool remove_service(tr_catalog_t *cat, tr_http_req_t *req, service_t *sv)
         return false;
     }
     char *name = tr_strdup(sv->name);
+    size_t nids = 0;
+    char **ids = NULL;
+    for (check_t *c = sv->checks; c && cat->on_check_down; c = c->svc_next) {
+        ids = tr_realloc(ids, (nids + 1) * sizeof(*ids));
+        ids[nids++] = tr_strdup(c->id);
+    }
     set_tomb(cat, name, idx);
     unlink_service(cat, sv);
     count_metrics(cat);
     if (req) ok(req);
     notify(cat, name);
+    for (size_t i = 0; i < nids; i++) {
+        cat->on_check_down(cat->on_check_down_data, ids[i]);
+        free(ids[i]);
+    }
+    free(ids);
     free(name);
     return true;
 }
@@ -1682,11 +1713,14 @@ static void remove_check(tr_catalog_t *cat, tr_http_req_t *req, check_t *c)
         free(name);
         return;
     }
+    char *id = tr_strdup(c->id);
     set_tomb(cat, name, idx);
     unlink_check(cat, c);
     count_metrics(cat);
     ok(req);
     notify(cat, name);
+    if (cat->on_check_down) cat->on_check_down(cat->on_check_down_data, id);
+    free(id);
     free(name);
 }
 

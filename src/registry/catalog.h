@@ -39,6 +39,15 @@ bool tr_catalog_handle(tr_catalog_t *cat, tr_http_req_t *req);
  */
 void tr_catalog_set_hub(tr_catalog_t *cat, tr_discovery_hub_t *hub);
 
+/* A check went critical, or was deregistered (alone or with its service). */
+typedef void (*tr_catalog_check_cb)(void *data, const char *check_id);
+
+/* Sets the one listener for checks going down (sessions invalidate on it). */
+void tr_catalog_on_check_down(tr_catalog_t *cat, tr_catalog_check_cb cb, void *data);
+
+/* The status of check `id` (a tr_check_status_t; "serfHealth" is passing), or -1. */
+int tr_catalog_check_status(const tr_catalog_t *cat, const char *id);
+
 /* Answers blocked watchers, stops health checking and frees the catalog. */
 void tr_catalog_close(tr_catalog_t *cat);
 

@@ -82,6 +82,16 @@ static int load_node_id(const char *dir, char out[37])
     return fclose(f) ? -errno : 0;
 }
 
+static int check_status(void *cat, const char *id)
+{
+    return tr_catalog_check_status(cat, id);
+}
+
+static void on_check_down(void *sessions, const char *id)
+{
+    tr_session_check_down(sessions, id);
+}
+
 int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registry_t **out,
                      char *err, size_t errlen)
 {
@@ -123,6 +133,8 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
         return rc;
     }
     if (o->hub) tr_catalog_set_hub(reg->cat, o->hub);
+    tr_session_set_check_lookup(reg->sessions, check_status, reg->cat);
+    tr_catalog_on_check_down(reg->cat, on_check_down, reg->sessions);
     tr_event_open(loop, &reg->events);
     *out = reg;
     return 0;

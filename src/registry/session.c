@@ -40,6 +40,8 @@ struct tr_session_s {
     char *node;
     sess_t **v;
     size_t n, cap;
+    tr_session_check_fn check_status;
+    void *check_data;
 };
 
 /* ---- the set */
@@ -334,12 +336,36 @@ static const char *parse_session(tr_session_t *m, json_t *body, sess_t *s, bool 
     return bad;
 }
 
+/* Consul refuses a session whose checks are missing or critical (with a 500). */
+static bool checks_usable(tr_session_t *m, tr_http_req_t *req, const sess_t *s)
+{
+    size_t i;
+    json_t *e;
+    if (!m->check_status) return true;
+    json_array_foreach(s->checks, i, e)
+    {
+        int st = m->check_status(m->check_data, json_string_value(e));
+        if (st < 0 || st == 2 /* critical */) {
+            tr_http_res_problem(req, 500, "session-check", "Session check unusable",
+                                st < 0 ? "Missing check '%s' registration"
+                                       : "Check '%s' is in critical state",
+                                json_string_value(e));
+            return false;
+        }
+    }
+    return true;
+}
+
 static void create(tr_session_t *m, tr_http_req_t *req, json_t *body)
 {
     sess_t *s = sess_new(m);
     const char *bad = parse_session(m, body, s, false);
     if (bad) {
         bad_request(req, bad);
+        sess_drop(m, s);
+        return;
+    }
+    if (!checks_usable(m, req, s)) {
         sess_drop(m, s);
         return;
     }
@@ -369,6 +395,30 @@ static void on_create_json(tr_http_req_t *req, json_t *body, void *data)
 static void read_create(tr_session_t *m, tr_http_req_t *req)
 {
     tr_http_req_read_json(req, MAX_BODY_BYTES, TR_HTTP_JSON_EMPTY_OK, on_create_json, m);
+}
+
+void tr_session_set_check_lookup(tr_session_t *m, tr_session_check_fn fn, void *data)
+{
+    m->check_status = fn;
+    m->check_data = data;
+}
+
+void tr_session_check_down(tr_session_t *m, const char *check_id)
+{
+    for (size_t i = 0; i < m->n;) {
+        sess_t *s = m->v[i];
+        bool uses = false;
+        size_t k;
+        json_t *e;
+        json_array_foreach(s->checks, k, e) uses |= !strcmp(json_string_value(e), check_id);
+        if (!uses) {
+            i++;
+            continue;
+        }
+        tr_log_info("session invalidated: its check is down", TR_LOG_STR("session", s->id),
+                    TR_LOG_STR("check", check_id));
+        if (invalidate(m, s) < 0) i++; /* kept on a store failure; logged there */
+    }
 }
 
 /* ---- the other endpoints */

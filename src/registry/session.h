@@ -24,6 +24,17 @@ typedef struct tr_session_s tr_session_t;
 int tr_session_open(uv_loop_t *loop, tr_store_t *store, tr_kv_t *kv, const char *node,
                     tr_session_t **out, char *err, size_t errlen);
 
+/* The status of a check by ID (a tr_check_status_t), or -1 when there is none. */
+typedef int (*tr_session_check_fn)(void *data, const char *check_id);
+
+/*
+ * Links sessions to health checks, as Consul does: creating a session needs every check it
+ * names to exist and not be critical; tr_session_check_down invalidates the sessions that
+ * name a check that went critical or away. Without a lookup, checks are not validated.
+ */
+void tr_session_set_check_lookup(tr_session_t *s, tr_session_check_fn fn, void *data);
+void tr_session_check_down(tr_session_t *s, const char *check_id);
+
 /* Serves a request whose path starts with /v1/session/. */
 void tr_session_handle(tr_session_t *s, tr_http_req_t *req);
 

@@ -171,6 +171,27 @@ describe('registry services, checks, catalog and health', () => {
     assert.equal(c.Type, 'ttl');
   });
 
+  test('sessions follow their checks: missing or critical refused; a check going critical ends the session and releases its lock', { timeout: ms(10000) }, async () => {
+    await a.register({ Name: 'leader', ID: 'leader-1', Check: { TTL: '30s', Status: 'passing' } });
+    let r = await a.put('/v1/session/create', { Checks: ['serfHealth', 'no-such-check'] });
+    assert.equal(r.status, 500, r.text);
+    assert.match(r.text, /Missing check 'no-such-check' registration/);
+    r = await a.put('/v1/session/create', { Checks: ['serfHealth', 'service:leader-1'], Behavior: 'release', LockDelay: '0s' });
+    assert.equal(r.status, 200, r.text);
+    const id = r.json.ID;
+    r = await a.put(`/v1/kv/election/leader?acquire=${id}`, 'leader-1');
+    assert.equal(r.text, 'true');
+    await a.ttl('fail', 'service:leader-1', 'gone');
+    r = await a.get(`/v1/session/info/${id}`);
+    assert.deepEqual(r.json, [], 'the session ended with its check');
+    r = await a.get('/v1/kv/election/leader');
+    assert.equal(r.json[0].Session, undefined, 'the lock was released');
+    r = await a.put('/v1/session/create', { Checks: ['service:leader-1'] });
+    assert.equal(r.status, 500, r.text);
+    assert.match(r.text, /critical state/);
+    await a.deregister('leader-1');
+  });
+
   test('re-registering the same ID replaces the service', { timeout: ms(10000) }, async () => {
     await a.register({ Name: 'rep', ID: 'rep-1', Tags: ['old'], Port: 1000, Meta: { a: '1' } });
     await a.register({ Name: 'rep', ID: 'rep-1', Tags: ['new'], Port: 2000 });
