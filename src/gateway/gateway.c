@@ -19,6 +19,7 @@
 
 /* ---- metrics */
 
+static tr_metric_t *m_up_breaker, *m_up_active, *m_up_ejected;
 static tr_metric_t *m_up_requests, *m_up_errors, *m_up_retries, *m_up_ejections, *m_route_requests,
     *m_route_latency, *m_reloads;
 
@@ -34,6 +35,15 @@ static void register_metrics(void)
                                      "Requests to an upstream that ended in a gateway error.", up);
     m_up_retries = tr_metrics_counter(reg, "trellis_gateway_upstream_retries_total",
                                       "Retry attempts to an upstream.", up);
+    m_up_breaker = tr_metrics_gauge(
+        reg, "trellis_gateway_upstream_breaker_state",
+        "Circuit breaker state per upstream and worker: 0 closed, 1 open, 2 half-open.",
+        (const char *const[]){"upstream", "worker", NULL});
+    m_up_active = tr_metrics_gauge(reg, "trellis_gateway_upstream_active_requests",
+                                   "Requests in flight to an upstream (its bulkhead's use).", up);
+    m_up_ejected = tr_metrics_gauge(reg, "trellis_gateway_upstream_ejected_endpoints",
+                                    "Endpoints ejected by outlier detection, per worker.",
+                                    (const char *const[]){"upstream", "worker", NULL});
     m_up_ejections = tr_metrics_counter(reg, "trellis_gateway_upstream_ejections_total",
                                         "Endpoints ejected by outlier detection.", up);
     m_route_requests = tr_metrics_counter(reg, "trellis_gateway_route_requests_total",
@@ -146,6 +156,11 @@ static gw_up_rt_t *up_new(gw_worker_t *wk, gw_config_t *cfg, const gw_upstream_t
     up->m_errors = tr_metric_series(m_up_errors, lv);
     up->m_retries = tr_metric_series(m_up_retries, lv);
     up->m_ejections = tr_metric_series(m_up_ejections, lv);
+    char wid[16];
+    snprintf(wid, sizeof(wid), "%d", wk->id);
+    up->m_breaker_open = tr_metric_series(m_up_breaker, (const char *const[]){u->name, wid, NULL});
+    up->m_ejected = tr_metric_series(m_up_ejected, (const char *const[]){u->name, wid, NULL});
+    up->m_active = tr_metric_series(m_up_active, lv);
     return up;
 }
 
@@ -328,6 +343,11 @@ static void publish_state(gw_worker_t *wk)
                                             "active", (json_int_t)tr_discovery_active(ep)));
         }
         tr_breaker_state_t bs = tr_breaker_state(&up->breaker, now);
+        tr_gauge_set(up->m_breaker_open, up->cfg->has_breaker ? (double)bs : 0);
+        tr_gauge_set(up->m_ejected, (double)up->outlier.ejected);
+        if (wk->id == 0)
+            tr_gauge_set(up->m_active,
+                         (double)tr_bulkhead_used(&up->shared->bulkhead, TR_BULKHEAD_REQUESTS));
         json_object_set_new(
             out, up->cfg->name,
             json_pack("{s:s?, s:b, s:o, s:{s:b, s:s, s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I, s:I}}",

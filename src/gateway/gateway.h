@@ -6,15 +6,18 @@
 
 #include "trellis/discovery_hub.h"
 #include "trellis/runtime.h"
+#include "trellis/trace.h"
 
 typedef struct tr_gateway_s tr_gateway_t;
 
 typedef struct tr_gateway_options_s {
-    const char *config_path;  /* YAML or JSON file (required) */
-    const char *listen;       /* overrides the file's `listen` */
-    const char *admin_listen; /* overrides `admin.listen`; "off" disables the admin listener */
-    int workers;              /* overrides `workers` (0: keep) */
-    tr_discovery_hub_t *hub;  /* in-process registry instead of `discovery.registry` */
+    const char *config_path;     /* YAML or JSON file (required) */
+    const char *listen;          /* overrides the file's `listen` */
+    const char *admin_listen;    /* overrides `admin.listen`; "off" disables the admin listener */
+    int workers;                 /* overrides `workers` (0: keep) */
+    tr_discovery_hub_t *hub;     /* in-process registry instead of `discovery.registry` */
+    const tr_span_sink_t *spans; /* where finished spans go (sampled requests); NULL: none */
+    const char *service_name;    /* the spans' service.name ("gateway") */
 } tr_gateway_options_t;
 
 /*

@@ -171,6 +171,7 @@ typedef struct gw_up_rt_s {
     struct gw_shared_s *shared; /* bulkhead and retry budget, shared by every worker */
     tr_outlier_pool_t outlier;
     tr_series_t *m_requests, *m_errors, *m_retries, *m_latency, *m_ejections, *m_breaker_open;
+    tr_series_t *m_ejected, *m_active;
     uint32_t last_endpoints;
 } gw_up_rt_t;
 

@@ -39,7 +39,8 @@ typedef struct gw_exchange_s {
     tr_http_client_req_t *creq;
     tr_endpoint_t *ep;
     tr_breaker_ticket_t ticket, route_ticket;
-    bool has_ticket, has_route_ticket, has_bulkhead, has_budget, retry_slot;
+    bool has_ticket, has_route_ticket, has_bulkhead, has_budget, retry_slot, fell_back;
+    gw_shared_t *limits; /* the first upstream's bulkhead and retry budget */
     gw_timer_t *total, *try_timer, *backoff;
     uint32_t attempts;
     bool buffered, streaming, body_done, discard, try_timed_out, total_timed_out;
@@ -53,6 +54,8 @@ typedef struct gw_exchange_s {
     size_t nhdrs;
     char target[MAX_TARGET];
     char corr[40], reqid[40], trace_id[33], traceparent[56];
+    char parent_span[17], server_span[17]; /* hex; parent "" for a new trace */
+    uint64_t start_ns, try_start_ns;
     char endpoint[64];
     char failed_id[64]; /* the endpoint the last attempt failed on: retries go elsewhere */
     char method[16];
@@ -244,6 +247,8 @@ static bool trace_context(gw_exchange_t *x, const tr_http_req_t *req)
     const tr_http_header_t *tp = find_header(req, "traceparent", 11);
     char span[17];
     hex_id(x->wk, span, 8);
+    hex_id(x->wk, x->server_span, 8);
+    x->parent_span[0] = '\0';
     bool valid = tp && tp->value_len == 55 && !memcmp(tp->value, "00-", 3) &&
                  tp->value[35] == '-' && tp->value[52] == '-' && is_hex(tp->value + 3, 32) &&
                  is_hex(tp->value + 36, 16) && is_hex(tp->value + 53, 2) &&
@@ -252,6 +257,8 @@ static bool trace_context(gw_exchange_t *x, const tr_http_req_t *req)
     if (valid) {
         memcpy(x->trace_id, tp->value + 3, 32);
         x->trace_id[32] = '\0';
+        memcpy(x->parent_span, tp->value + 36, 16);
+        x->parent_span[16] = '\0';
         snprintf(x->traceparent, sizeof(x->traceparent), "00-%s-%s-%.2s", x->trace_id, span,
                  tp->value + 53);
     } else {
@@ -436,10 +443,21 @@ static void fail(gw_exchange_t *x, const char *reason, const char *title, const 
 }
 
 /* The route's fallback answer (graceful degradation). True when it answered. */
+
 static bool fallback(gw_exchange_t *x, const char *reason)
 {
     const gw_fallback_t *f = &x->route->fallback;
-    if (!f->on || f->upstream || !x->req) return false;
+    if (!f->on || !x->req) return false;
+    if (f->upstream) {
+        /* Degrade to the other upstream, once: if it fails too, the client gets the error. */
+        if (x->fell_back || !x->up) return false;
+        x->fell_back = true;
+        x->up = x->gen->ups[f->upstream->index];
+        x->failed_id[0] = '\0';
+        tr_http_res_header(x->req, "x-trellis-fallback", reason);
+        attempt(x);
+        return true;
+    }
     x->error = reason;
     x->status = f->status;
     common_headers(x);
@@ -448,6 +466,65 @@ static bool fallback(gw_exchange_t *x, const char *reason)
     tr_http_res_send(req, f->status, f->content_type, f->body, f->body_len);
     finish(x);
     return true;
+}
+
+/* ---- spans: one server span per request, one client span per attempt */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void unhex(const char *h, uint8_t *out, size_t bytes)
+{
+    static const int8_t v[256] = {
+        ['0'] = 0,  ['1'] = 1,  ['2'] = 2,  ['3'] = 3, ['4'] = 4,  ['5'] = 5,
+        ['6'] = 6,  ['7'] = 7,  ['8'] = 8,  ['9'] = 9, ['a'] = 10, ['b'] = 11,
+        ['c'] = 12, ['d'] = 13, ['e'] = 14, ['f'] = 15};
+    for (size_t i = 0; i < bytes; i++)
+        out[i] = h[0] ? (uint8_t)(v[(uint8_t)h[2 * i]] << 4 | v[(uint8_t)h[2 * i + 1]]) : 0;
+}
+
+static bool tracing(const gw_exchange_t *x)
+{
+    /* The sampled flag travels in the traceparent's last two hex digits. */
+    char f = x->traceparent[54];
+    int low = f >= '0' && f <= '9' ? f - '0' : f - 'a' + 10;
+    return x->wk->gw->o.spans && (low & 1);
+}
+
+static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_hex,
+                      const char *parent_hex, uint64_t start_ns, int status, const char *error)
+{
+    const tr_span_sink_t *sink = x->wk->gw->o.spans;
+    tr_attr_t attrs[8];
+    size_t n = 0;
+    attrs[n++] = (tr_attr_t){"http.request.method", TR_ATTR_STRING, {.s = x->method}};
+    attrs[n++] = (tr_attr_t){"url.path", TR_ATTR_STRING, {.s = x->path}};
+    attrs[n++] = (tr_attr_t){"correlation_id", TR_ATTR_STRING, {.s = x->corr}};
+    if (x->route) attrs[n++] = (tr_attr_t){"http.route", TR_ATTR_STRING, {.s = x->route->name}};
+    if (x->up)
+        attrs[n++] = (tr_attr_t){"trellis.upstream", TR_ATTR_STRING, {.s = x->up->cfg->name}};
+    if (kind == TR_SPAN_CLIENT)
+        attrs[n++] = (tr_attr_t){"server.address", TR_ATTR_STRING, {.s = x->endpoint}};
+    if (status) attrs[n++] = (tr_attr_t){"http.response.status_code", TR_ATTR_INT, {.i = status}};
+    if (error) attrs[n++] = (tr_attr_t){"trellis.error", TR_ATTR_STRING, {.s = error}};
+    tr_span_t sp = {.name = kind == TR_SPAN_SERVER ? (x->route ? x->route->name : x->method)
+                                                   : (x->up ? x->up->cfg->name : "upstream"),
+                    .kind = kind,
+                    .start_ns = start_ns,
+                    .end_ns = now_ns(),
+                    .status = (error || status >= 500) ? TR_STATUS_ERROR : TR_STATUS_UNSET,
+                    .status_message = error,
+                    .service = x->wk->gw->o.service_name ? x->wk->gw->o.service_name : "gateway",
+                    .attrs = attrs,
+                    .nattrs = n};
+    unhex(x->trace_id, sp.trace_id, 16);
+    unhex(span_hex, sp.span_id, 8);
+    unhex(parent_hex, sp.parent_span_id, 8);
+    sink->emit(sink->data, &sp);
 }
 
 /* ---- the access log: one JSON line per request, written in batches */
@@ -531,8 +608,8 @@ static void finish(gw_exchange_t *x)
     gw_timer_put(wk, x->backoff);
     release_attempt_state(x);
     x->total = x->backoff = NULL;
-    if (x->has_bulkhead) tr_bulkhead_release(&x->up->shared->bulkhead, TR_BULKHEAD_REQUESTS);
-    if (x->has_budget) tr_retry_budget_request_end(&x->up->shared->budget);
+    if (x->has_bulkhead) tr_bulkhead_release(&x->limits->bulkhead, TR_BULKHEAD_REQUESTS);
+    if (x->has_budget) tr_retry_budget_request_end(&x->limits->budget);
     if (x->route) {
         int cls = x->status / 100;
         if (cls >= 1 && cls <= 5)
@@ -544,6 +621,9 @@ static void finish(gw_exchange_t *x)
         tr_counter_inc(x->up->m_requests);
         if (x->error) tr_counter_inc(x->up->m_errors);
     }
+    if (tracing(x))
+        emit_span(x, TR_SPAN_SERVER, x->server_span, x->parent_span, x->start_ns, x->status,
+                  x->error);
     access_log(x);
     exchange_put(x);
 }
@@ -600,7 +680,7 @@ static bool may_retry(gw_exchange_t *x, const tr_retry_outcome_t *o)
 {
     if (!x->req || x->total_timed_out || x->streaming) return false;
     if (!tr_retry_should(&x->route->retry, x->req->method, o, x->attempts)) return false;
-    if (!tr_retry_budget_allow(&x->up->shared->budget)) return false;
+    if (!tr_retry_budget_allow(&x->limits->budget)) return false;
     x->retry_slot = true;
     return true;
 }
@@ -640,6 +720,15 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
 {
     gw_up_rt_t *up = x->up;
     uint64_t now = uv_now(x->wk->loop);
+    if (tracing(x)) {
+        static const char *const errs[] = {NULL, "upstream_connect_failure", "upstream_reset",
+                                           "upstream_timeout"};
+        char client_span[17];
+        memcpy(client_span, x->traceparent + 36, 16);
+        client_span[16] = '\0';
+        emit_span(x, TR_SPAN_CLIENT, client_span, x->server_span, x->try_start_ns, status,
+                  errs[kind]);
+    }
     bool ok = kind == OUT_OK && status < 500;
     if (x->has_ticket) {
         tr_breaker_record(&up->breaker, &x->ticket, now, ok, now - x->try_start_ms);
@@ -665,7 +754,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         x->ep = NULL;
     }
     if (x->retry_slot && x->attempts > 1) {
-        tr_retry_budget_retry_end(&up->shared->budget);
+        tr_retry_budget_retry_end(&x->limits->budget);
     }
 }
 
@@ -842,6 +931,13 @@ static void attempt(gw_exchange_t *x)
     snprintf(x->endpoint, sizeof(x->endpoint), "%s", x->ep->http.host);
     x->attempts++;
     x->try_start_ms = now;
+    if (x->wk->gw->o.spans) {
+        /* Each attempt is its own client span; the upstream sees it as its parent. */
+        char span[17];
+        hex_id(x->wk, span, 8);
+        memcpy(x->traceparent + 36, span, 16);
+        x->try_start_ns = now_ns();
+    }
     tr_http_req_t *req = x->req;
     tr_http_client_request_t r = {
         .method = req->method,
@@ -1040,6 +1136,7 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     x->gen = gen;
     gen->refs++;
     x->start_ms = uv_now(wk->loop);
+    if (wk->gw->o.spans) x->start_ns = now_ns();
     snprintf(x->method, sizeof(x->method), "%s", req->method);
     snprintf(x->path, sizeof(x->path), "%.*s", (int)req->path_len, req->path);
     ids(x);
@@ -1101,13 +1198,14 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     x->up = gen->ups[u->index];
     build_headers(x, keep_tracestate, &claims);
     tr_jwt_claims_clear(&claims);
-    if (tr_bulkhead_acquire(&x->up->shared->bulkhead, TR_BULKHEAD_REQUESTS) != 0) {
+    x->limits = x->up->shared;
+    if (tr_bulkhead_acquire(&x->limits->bulkhead, TR_BULKHEAD_REQUESTS) != 0) {
         fail(x, "overloaded", "Upstream overloaded",
              "the upstream's concurrent request limit is reached; retry shortly");
         return;
     }
     x->has_bulkhead = true;
-    tr_retry_budget_request_begin(&x->up->shared->budget);
+    tr_retry_budget_request_begin(&x->limits->budget);
     x->has_budget = true;
     if (x->route->timeout_ms) {
         x->total = gw_timer_get(wk);

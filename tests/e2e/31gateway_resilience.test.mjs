@@ -52,7 +52,10 @@ before(async () => {
         },
       },
       bh: { endpoints: [`127.0.0.1:${echoS.port}`], bulkhead: { max_requests: 2 } },
+      // Discovered, but no registry answers: never an endpoint.
+      nowhere: { service: 'nowhere' },
     },
+    discovery: { registry: `127.0.0.1:${dead}` },
     routes: [
       { name: 'retry', match: { prefix: '/retry' }, strip_prefix: true, upstream: 'flaky',
         retry: { attempts: 3, retry_on: ['connect-failure', '5xx'] } },
@@ -76,6 +79,8 @@ before(async () => {
       { name: 'cb-nofb', match: { prefix: '/nofb' }, strip_prefix: true, upstream: 'cb', retry: { attempts: 1 } },
       { name: 'od', match: { prefix: '/od' }, strip_prefix: true, upstream: 'od', retry: { attempts: 1 } },
       { name: 'bh', match: { prefix: '/bh' }, strip_prefix: true, upstream: 'bh', retry: { attempts: 1 } },
+      { name: 'fb-up', match: { prefix: '/fbup' }, strip_prefix: true, upstream: 'nowhere',
+        fallback: { upstream: 'single' } },
     ],
   });
 });
@@ -92,6 +97,13 @@ after(async () => {
 
 const statusCount = () => echoCount(echoS, 'status');
 const delayCount = () => echoCount(echoS, 'delay');
+
+test('fallback to another upstream: no endpoint for the route\'s upstream → the fallback upstream answers', T, async () => {
+  const r = await request(gw.port, '/fbup/echo');
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.headers['x-trellis-fallback'], 'no_healthy_endpoint');
+  assert.equal(JSON.parse(r.text).path, '/echo');
+});
 
 test('retries: one endpoint of three refuses connections → 100% success with attempts 3 (sequential)', T, async () => {
   const res = await pool(150, 1, () => request(gw.port, '/retry/echo'));

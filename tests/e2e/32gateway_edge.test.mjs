@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPairSync, createHmac, randomBytes } from 'node:crypto';
@@ -415,6 +416,29 @@ test('hot reload under load: 20 reloads (POST and SIGHUP, file rewritten) → 0 
   assert.ok(okCount > 200, `the clients made progress (${okCount} requests)`);
   await until(async () => (await request(gw.port, '/hot/echo')).json?.headers?.['x-version'] === '20',
     { timeout: ms(5000), what: 'the last config (x-version 20) is in effect' });
+});
+
+test('hot reload under wrk at full load: 20 reloads → 0 non-2xx, 0 socket errors', T, async () => {
+  // wrk keeps 64 keep-alive connections busy as fast as the gateway answers.
+  const wrk = spawn('wrk', ['-t2', '-c64', '-d8s', `http://127.0.0.1:${gw.port}/hot/echo`],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  wrk.stdout.setEncoding('utf8');
+  wrk.stdout.on('data', (d) => { out += d; });
+  const done = new Promise((resolve) => wrk.on('exit', (code) => resolve(code)));
+  await sleep(500);
+  for (let i = 21; i <= 40; i++) {
+    gw.write(config([], i));
+    if (i % 2) assert.equal((await gw.reload()).status, 200, `reload ${i}`);
+    else gw.hup();
+    await sleep(250);
+  }
+  const code = await withDeadline(done, ms(20000), 'wrk finishes');
+  assert.equal(code, 0, out);
+  const total = Number((out.match(/(\d+) requests in/) || [])[1] || 0);
+  assert.ok(total > 1000, `wrk made progress: ${out}`);
+  assert.doesNotMatch(out, /Non-2xx or 3xx responses/, out);
+  assert.doesNotMatch(out, /Socket errors/, out);
 });
 
 test('docs: examples/gateway.yaml passes --check', T, async () => {
