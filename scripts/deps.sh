@@ -10,7 +10,7 @@ PKGS=(
   libuv1-dev libhttp-parser-dev libjansson-dev libyaml-dev libsqlite3-dev
   libssl-dev libcmocka-dev
   nodejs
-  wrk nginx-light haproxy
+  wrk nginx-light haproxy prometheus
   golang-go golang-github-armon-consul-api-dev python3-consul
 )
 
@@ -34,7 +34,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # nginx-light's and haproxy's packages start system services; the benchmarks run their own.
-for svc in nginx haproxy; do
+for svc in nginx haproxy prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet $svc 2>/dev/null; then
     $SUDO systemctl stop $svc || true
   fi
