@@ -1,5 +1,6 @@
 /* The trellis command: dispatches to a sub-command. */
 #include "cli/cli.h"
+#include "supervisor/process.h"
 
 #include <string.h>
 
@@ -10,9 +11,12 @@ typedef struct command_s {
 } command_t;
 
 static const command_t commands[] = {
+    {"collector", tr_cmd_collector, "run the trace collector (OTLP/HTTP, Zipkin, query API)"},
     {"echo", tr_cmd_echo, "run an httpbin-like HTTP service (tests, benchmarks, demos)"},
     {"gateway", tr_cmd_gateway, "run the API gateway / sidecar proxy (-c gateway.yaml)"},
+    {"logs", tr_cmd_logs, "print and follow central logs; 'logs serve' hosts the log store"},
     {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
+    {"trace", tr_cmd_trace, "print a trace from the collector as a waterfall"},
     {"version", tr_cmd_version, "print the version"},
 };
 
@@ -39,6 +43,8 @@ int tr_cmd_version(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* The supervisor's exec shim: set the parent-death signal, then exec (before any init). */
+    if (argc > 1 && strcmp(argv[1], "__exec") == 0) return tr_supervisor_exec_shim(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         usage(stdout);

@@ -723,11 +723,12 @@ static int compile_routes(tr_config_t *cfg, gw_config_t *c, json_t *out)
 static int compile_top(tr_config_t *cfg, gw_config_t *c, json_t *out)
 {
     static const char *const keys[] = {"listen", "workers",   "admin",  "discovery", "access_log",
-                                       "limits", "upstreams", "routes", NULL};
+                                       "limits", "upstreams", "routes", "tracing",   NULL};
+    static const char *const tracing_keys[] = {TR_TRACING_CONFIG_KEYS, NULL};
     static const char *const admin_keys[] = {"listen", NULL};
     static const char *const disc_keys[] = {"registry", "datacenter", NULL};
     static const char *const limit_keys[] = {"max_body", "header_timeout", "idle_timeout", NULL};
-    json_t *root = tr_config_root(cfg), *admin, *disc, *limits;
+    json_t *root = tr_config_root(cfg), *admin, *disc, *limits, *tracing;
     int64_t workers;
     if (tr_config_check_keys(cfg, root, keys) ||
         tr_config_get_string(cfg, root, "listen", DEFAULT_LISTEN, &c->listen) ||
@@ -744,8 +745,15 @@ static int compile_top(tr_config_t *cfg, gw_config_t *c, json_t *out)
         tr_config_check_keys(cfg, limits, limit_keys) ||
         tr_config_get_size(cfg, limits, "max_body", 64u << 20, &c->max_body_bytes) ||
         tr_config_get_duration(cfg, limits, "header_timeout", 10000, &c->header_timeout_ms) ||
-        tr_config_get_duration(cfg, limits, "idle_timeout", 60000, &c->idle_timeout_ms))
+        tr_config_get_duration(cfg, limits, "idle_timeout", 60000, &c->idle_timeout_ms) ||
+        tr_config_get_object(cfg, root, "tracing", &tracing) ||
+        tr_config_check_keys(cfg, tracing, tracing_keys) ||
+        tr_sampler_config(cfg, tracing, &c->sampler))
         return TR_ECONFIG;
+    tr_exporter_options_init(&c->exporter);
+    c->exporter.service = "gateway";
+    if (tracing && tr_exporter_config(cfg, tracing, &c->exporter)) return TR_ECONFIG;
+    c->tracing = tracing && json_object_get(tracing, "endpoint");
     tr_http_endpoint_t ep;
     if (tr_http_endpoint_parse(&ep, c->registry))
         return tr_config_fail(cfg, disc, "registry",
@@ -757,6 +765,15 @@ static int compile_top(tr_config_t *cfg, gw_config_t *c, json_t *out)
     eff(out, "discovery",
         json_pack("{s:s, s:s?}", "registry", c->registry, "datacenter", c->datacenter));
     eff(out, "access_log", json_string(c->access_log));
+    eff(out, "tracing",
+        json_pack("{s:s, s:f, s:s?, s:s, s:I, s:I, s:o, s:o, s:i}", "sampler",
+                  tr_sampler_kind_name(c->sampler.kind), "ratio", c->sampler.ratio, "endpoint",
+                  c->tracing ? c->exporter.endpoint : NULL, "service", c->exporter.service,
+                  "queue_size", (json_int_t)c->exporter.queue_capacity, "batch_size",
+                  (json_int_t)c->exporter.batch_size, "flush_interval",
+                  dur_json(c->exporter.flush_interval_ms), "export_timeout",
+                  dur_json(c->exporter.export_timeout_ms), "max_retries",
+                  (int)c->exporter.max_retries));
     eff(out, "limits",
         json_pack("{s:I, s:o, s:o}", "max_body", (json_int_t)c->max_body_bytes, "header_timeout",
                   dur_json(c->header_timeout_ms), "idle_timeout", dur_json(c->idle_timeout_ms)));

@@ -23,6 +23,7 @@
 #include "trellis/outlier.h"
 #include "trellis/ratelimit.h"
 #include "trellis/retry.h"
+#include "trellis/trace.h"
 
 /* ---- the compiled config: immutable once built, shared by every worker */
 
@@ -137,6 +138,9 @@ typedef struct gw_config_s {
     gw_route_t *routes;
     size_t nroutes;
     json_t *effective; /* /admin/config */
+    tr_sampler_t sampler;
+    bool tracing;                   /* a `tracing:` section with an endpoint: export spans */
+    tr_exporter_options_t exporter; /* strings owned by src */
 } gw_config_t;
 
 /* Compiles the file at `path`. On failure returns TR_ECONFIG (or a load error) and writes

@@ -55,6 +55,7 @@ typedef struct gw_exchange_s {
     char target[MAX_TARGET];
     char corr[40], reqid[40], trace_id[33], traceparent[56];
     char parent_span[17], server_span[17]; /* hex; parent "" for a new trace */
+    tr_trace_ctx_t tctx;
     uint64_t start_ns, try_start_ns;
     char endpoint[64];
     char failed_id[64]; /* the endpoint the last attempt failed on: retries go elsewhere */
@@ -230,42 +231,33 @@ static void hex_id(gw_worker_t *wk, char *out, size_t bytes)
     out[2 * bytes] = '\0';
 }
 
-static bool is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
-    return true;
-}
-
 /*
- * W3C trace context: continue a valid `traceparent` (version 00, lowercase hex, non-zero
- * ids) with the gateway as the new parent, or start a trace. Anything invalid starts a new
- * trace (and tracestate is then dropped, as the spec asks).
+ * Trace context: continue the client's (W3C traceparent, else B3 single or multi) with the
+ * gateway's server span as the new parent, or start a trace; an invalid traceparent starts
+ * a new trace and drops tracestate, as the W3C spec asks. The sampler decides whether
+ * this request's spans are recorded, and the decision travels in the flags.
  */
-static bool trace_context(gw_exchange_t *x, const tr_http_req_t *req)
+static void trace_context(gw_exchange_t *x, const tr_http_req_t *req)
 {
-    const tr_http_header_t *tp = find_header(req, "traceparent", 11);
-    char span[17];
-    hex_id(x->wk, span, 8);
-    hex_id(x->wk, x->server_span, 8);
+    tr_trace_ctx_t *c = &x->tctx;
+    bool has_parent;
+    tr_trace_extract(req->headers, req->nheaders, c, &has_parent);
     x->parent_span[0] = '\0';
-    bool valid = tp && tp->value_len == 55 && !memcmp(tp->value, "00-", 3) &&
-                 tp->value[35] == '-' && tp->value[52] == '-' && is_hex(tp->value + 3, 32) &&
-                 is_hex(tp->value + 36, 16) && is_hex(tp->value + 53, 2) &&
-                 strncmp(tp->value + 3, "00000000000000000000000000000000", 32) &&
-                 strncmp(tp->value + 36, "0000000000000000", 16);
-    if (valid) {
-        memcpy(x->trace_id, tp->value + 3, 32);
-        x->trace_id[32] = '\0';
-        memcpy(x->parent_span, tp->value + 36, 16);
-        x->parent_span[16] = '\0';
-        snprintf(x->traceparent, sizeof(x->traceparent), "00-%s-%s-%.2s", x->trace_id, span,
-                 tp->value + 53);
+    if (has_parent) {
+        tr_trace_hex_encode(c->span_id, 8, x->parent_span);
     } else {
-        hex_id(x->wk, x->trace_id, 16);
-        snprintf(x->traceparent, sizeof(x->traceparent), "00-%s-%s-01", x->trace_id, span);
+        tr_trace_new_ids(c, true);
+        c->tracestate[0] = '\0';
     }
-    return valid;
+    tr_trace_hex_encode(c->trace_id, 16, x->trace_id);
+    bool sampled = tr_sampler_should(&x->gen->cfg->sampler, c, has_parent, c->trace_id);
+    c->flags = sampled ? TR_TRACE_FLAG_SAMPLED : 0;
+    uint8_t server[8];
+    tr_trace_new_ids(c, false); /* a fresh span id: the gateway's server span */
+    memcpy(server, c->span_id, 8);
+    tr_trace_hex_encode(server, 8, x->server_span);
+    tr_trace_new_ids(c, false); /* the first attempt's client span, sent upstream */
+    tr_trace_format_traceparent(c, x->traceparent);
 }
 
 static void add_hdr(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -274,7 +266,12 @@ static void add_hdr(gw_exchange_t *x, const char *name, size_t nlen, const char 
 }
 
 /* The upstream request's headers, built once per exchange in the request's memory. */
-static void build_headers(gw_exchange_t *x, bool keep_tracestate, const tr_jwt_claims_t *claims)
+static bool is_b3(const tr_http_header_t *h)
+{
+    return NAME_IS(h, "b3") || (h->name_len > 5 && !strncasecmp(h->name, "x-b3-", 5));
+}
+
+static void build_headers(gw_exchange_t *x, const tr_jwt_claims_t *claims)
 {
     tr_http_req_t *req = x->req;
     const gw_route_t *r = x->route;
@@ -292,7 +289,8 @@ static void build_headers(gw_exchange_t *x, bool keep_tracestate, const tr_jwt_c
             xff_len = h->value_len;
             continue;
         }
-        if (NAME_IS(h, "traceparent") || (NAME_IS(h, "tracestate") && !keep_tracestate)) continue;
+        /* The gateway's own context replaces the client's, in W3C form only. */
+        if (NAME_IS(h, "traceparent") || NAME_IS(h, "tracestate") || is_b3(h)) continue;
         if (NAME_IS(h, "x-forwarded-proto") || NAME_IS(h, "x-forwarded-host") || NAME_IS(h, "via"))
             continue;
         if (r->req_headers.n && route_removes(&r->req_headers, h->name, h->name_len)) continue;
@@ -338,6 +336,8 @@ static void build_headers(gw_exchange_t *x, bool keep_tracestate, const tr_jwt_c
     if (!find_header(req, "x-request-id", 12))
         add_hdr(x, "x-request-id", 12, x->reqid, strlen(x->reqid));
     add_hdr(x, "traceparent", 11, x->traceparent, strlen(x->traceparent));
+    if (x->tctx.tracestate[0])
+        add_hdr(x, "tracestate", 10, x->tctx.tracestate, strlen(x->tctx.tracestate));
     for (size_t i = 0; i < r->req_headers.n; i++) {
         const gw_header_op_t *op = &r->req_headers.ops[i];
         if (op->value) add_hdr(x, op->name, op->name_len, op->value, op->value_len);
@@ -490,9 +490,7 @@ static void unhex(const char *h, uint8_t *out, size_t bytes)
 static bool tracing(const gw_exchange_t *x)
 {
     /* The sampled flag travels in the traceparent's last two hex digits. */
-    char f = x->traceparent[54];
-    int low = f >= '0' && f <= '9' ? f - '0' : f - 'a' + 10;
-    return x->wk->gw->o.spans && (low & 1);
+    return x->wk->gw->o.spans && (x->tctx.flags & TR_TRACE_FLAG_SAMPLED);
 }
 
 static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_hex,
@@ -931,13 +929,12 @@ static void attempt(gw_exchange_t *x)
     snprintf(x->endpoint, sizeof(x->endpoint), "%s", x->ep->http.host);
     x->attempts++;
     x->try_start_ms = now;
-    if (x->wk->gw->o.spans) {
+    if (x->attempts > 1) {
         /* Each attempt is its own client span; the upstream sees it as its parent. */
-        char span[17];
-        hex_id(x->wk, span, 8);
-        memcpy(x->traceparent + 36, span, 16);
-        x->try_start_ns = now_ns();
+        tr_trace_new_ids(&x->tctx, false);
+        tr_trace_format_traceparent(&x->tctx, x->traceparent);
     }
+    if (x->wk->gw->o.spans) x->try_start_ns = now_ns();
     tr_http_req_t *req = x->req;
     tr_http_client_request_t r = {
         .method = req->method,
@@ -1140,7 +1137,7 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     snprintf(x->method, sizeof(x->method), "%s", req->method);
     snprintf(x->path, sizeof(x->path), "%.*s", (int)req->path_len, req->path);
     ids(x);
-    bool keep_tracestate = trace_context(x, req);
+    trace_context(x, req);
     tr_route_request_t rq = {req->method, strlen(req->method), req->path,    req->path_len,
                              req->query,  req->query_len,      req->headers, req->nheaders};
     tr_route_match_t m;
@@ -1196,7 +1193,7 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     }
     const gw_upstream_t *u = m.destination->target;
     x->up = gen->ups[u->index];
-    build_headers(x, keep_tracestate, &claims);
+    build_headers(x, &claims);
     tr_jwt_claims_clear(&claims);
     x->limits = x->up->shared;
     if (tr_bulkhead_acquire(&x->limits->bulkhead, TR_BULKHEAD_REQUESTS) != 0) {

@@ -1,0 +1,357 @@
+/* Unit tests for the trace store: append, find, query, limits, restart, retention, deps. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trace/tracestore.h"
+#include "trellis/error.h"
+#include "trellis/trace.h"
+
+typedef struct fx_s {
+    char dir[64];
+    char db[96];
+} fx_t;
+
+static void fx_make(fx_t *f)
+{
+    snprintf(f->dir, sizeof(f->dir), "/tmp/tr-tracestore-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->db, sizeof(f->db), "%s/traces.db", f->dir);
+}
+
+static void fx_remove(fx_t *f)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static tr_tracestore_t *open_store(const char *path, size_t max_spans, uint64_t retention_ms)
+{
+    tr_tracestore_options_t o = {
+        .path = path, .max_spans = max_spans, .max_trace_spans = 5, .retention_ms = retention_ms};
+    tr_tracestore_t *st;
+    char err[256] = "";
+    int rc = tr_tracestore_open(&o, &st, err, sizeof(err));
+    if (rc) fail_msg("open: %s", err);
+    return st;
+}
+
+static tr_cspan_t *mk(uint8_t trace, uint8_t span, uint8_t parent, const char *svc,
+                      const char *name, uint64_t start, uint64_t dur, bool error)
+{
+    tr_cspan_t f;
+    memset(&f, 0, sizeof(f));
+    f.trace_id[15] = trace;
+    f.span_id[7] = span;
+    f.parent_id[7] = parent;
+    f.start_ns = start;
+    f.end_ns = start + dur;
+    f.kind = TR_SPAN_SERVER;
+    f.error = error;
+    f.status = error ? TR_STATUS_ERROR : TR_STATUS_UNSET;
+    return tr__cspan_new(&f, svc, name, error ? "corr-err" : "", NULL, "{}");
+}
+
+static void append(tr_tracestore_t *st, tr_span_batch_t *b, uint64_t now)
+{
+    assert_int_equal(tr_tracestore_append(st, b, now), 0);
+    /* Everything was taken: only the array is left to free (rejects stay for the test). */
+    if (!b->n && !b->rejected) tr__span_batch_free(b);
+}
+
+static uint64_t edge_calls(tr_tracestore_t *st, const char *p, const char *c, uint64_t *errors)
+{
+    tr_dep_edge_t *e;
+    size_t n = tr_deps_edges(tr_tracestore_deps(st), &e);
+    uint64_t calls = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(e[i].parent, p) && !strcmp(e[i].child, c)) {
+            calls = e[i].calls;
+            if (errors) *errors = e[i].errors;
+        }
+    free(e);
+    return calls;
+}
+
+static void test_append_find_query(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_t *st = open_store(f.db, 0, 0);
+    tr_span_batch_t b = {0};
+    tr__span_batch_add(&b, mk(1, 1, 0, "fe", "GET /", 1000, 500, false));
+    tr__span_batch_add(&b, mk(1, 2, 1, "be", "query", 1100, 100, true));
+    tr__span_batch_add(&b, mk(2, 1, 0, "fe", "GET /x", 5000, 10, false));
+    append(st, &b, 100);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.rejected, 0);
+    assert_null(b.spans);
+
+    uint8_t id[16] = {0};
+    id[15] = 1;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_false(owned);
+    assert_int_equal(t->n, 2);
+    assert_true(t->error);
+    assert_string_equal(tr_tracestore_root(st, t)->name, "GET /");
+
+    tr_trace_t **found;
+    tr_trace_query_t q = {.error = -1};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 2);
+    assert_int_equal(found[0]->trace_id[15], 2); /* newest start first */
+    free(found);
+    q = (tr_trace_query_t){.error = 1};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+    q = (tr_trace_query_t){.error = -1, .service = "be", .operation = "query"};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+    q = (tr_trace_query_t){.error = -1, .correlation_id = "corr-err"};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+    q = (tr_trace_query_t){.error = -1, .min_duration_ns = 400};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+    q = (tr_trace_query_t){.error = -1, .start_ns = 2000, .end_ns = 6000};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+    q = (tr_trace_query_t){.error = -1, .limit = 1};
+    assert_int_equal(tr_tracestore_query(st, &q, &found), 1);
+    free(found);
+
+    const char **names;
+    assert_int_equal(tr_tracestore_services(st, &names), 2);
+    assert_string_equal(names[0], "be");
+    free(names);
+    uint64_t errors = 0;
+    assert_int_equal(edge_calls(st, "fe", "be", &errors), 1);
+    assert_int_equal(errors, 1);
+
+    id[15] = 9;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), TR_ENOTFOUND);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
+static void test_parent_after_child_counts_dependency(void **state)
+{
+    (void)state;
+    tr_tracestore_t *st = open_store(NULL, 0, 0);
+    tr_span_batch_t b = {0};
+    tr__span_batch_add(&b, mk(3, 2, 1, "be", "child", 10, 5, false));
+    append(st, &b, 1);
+    assert_int_equal(edge_calls(st, "fe", "be", NULL), 0);
+    tr__span_batch_add(&b, mk(3, 1, 0, "fe", "parent", 0, 50, false));
+    append(st, &b, 2);
+    assert_int_equal(edge_calls(st, "fe", "be", NULL), 1);
+    tr_tracestore_close(st);
+}
+
+static void test_spans_per_trace_limit(void **state)
+{
+    (void)state;
+    tr_tracestore_t *st = open_store(NULL, 0, 0);
+    tr_span_batch_t b = {0};
+    for (uint8_t i = 1; i <= 7; i++)
+        tr__span_batch_add(&b, mk(4, i, 0, "svc", "s", i, 1, false));
+    append(st, &b, 1);
+    assert_int_equal(b.rejected, 2);
+    assert_int_equal(b.n, 2); /* the rejected spans stay with the caller */
+    assert_non_null(strstr(b.message, "5 spans"));
+    tr__span_batch_free(&b);
+    tr_tracestore_stats_t s;
+    tr_tracestore_stats(st, &s);
+    assert_int_equal(s.spans, 5);
+    tr_tracestore_close(st);
+}
+
+static void test_memory_bound_evicts_oldest_trace(void **state)
+{
+    (void)state;
+    tr_tracestore_t *st = open_store(NULL, 3, 0);
+    tr_span_batch_t b = {0};
+    for (uint8_t t = 1; t <= 3; t++) {
+        tr__span_batch_add(&b, mk(t, 1, 0, "svc", "a", t, 1, false));
+        tr__span_batch_add(&b, mk(t, 2, 1, "svc", "b", t, 1, false));
+        append(st, &b, t);
+    }
+    tr_tracestore_stats_t s;
+    tr_tracestore_stats(st, &s);
+    assert_true(s.spans <= 3);
+    uint8_t id[16] = {0};
+    id[15] = 1;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), TR_ENOTFOUND);
+    id[15] = 3;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    tr_tracestore_close(st);
+}
+
+static void test_restart_reloads_and_sqlite_fallback(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_t *st = open_store(f.db, 0, 0);
+    tr_span_batch_t b = {0};
+    tr__span_batch_add(&b, mk(5, 1, 0, "fe", "root", 0, 10, false));
+    tr__span_batch_add(&b, mk(5, 2, 1, "be", "leaf", 1, 5, true));
+    tr__span_batch_add(&b, mk(6, 1, 0, "solo", "x", 100, 5, false));
+    append(st, &b, 10);
+    tr_tracestore_close(st);
+
+    /* Memory holds one span after restart; the rest is read back from SQLite. */
+    st = open_store(f.db, 1, 0);
+    tr_tracestore_stats_t s;
+    tr_tracestore_stats(st, &s);
+    assert_int_equal(s.spans, 1);
+    assert_int_equal(s.db_spans, 3);
+    uint8_t id[16] = {0};
+    id[15] = 5;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_true(owned);
+    assert_int_equal(t->n, 2);
+    assert_string_equal(tr_tracestore_root(st, t)->service, "fe");
+    assert_string_equal(t->spans[1]->name, "leaf");
+    assert_true(t->spans[1]->error);
+    tr_tracestore_trace_free(t);
+    tr_tracestore_close(st);
+
+    /* With room, the graph is rebuilt from the stored spans. */
+    st = open_store(f.db, 0, 0);
+    assert_int_equal(edge_calls(st, "fe", "be", NULL), 1);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
+static void test_retention_by_age(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_t *st = open_store(f.db, 0, 1000);
+    tr_span_batch_t b = {0};
+    tr__span_batch_add(&b, mk(7, 1, 0, "old", "x", 0, 1, false));
+    append(st, &b, 10000);
+    tr__span_batch_add(&b, mk(8, 1, 0, "new", "y", 0, 1, false));
+    append(st, &b, 10800);
+    tr_tracestore_sweep(st, 11500);
+    tr_tracestore_stats_t s;
+    tr_tracestore_stats(st, &s);
+    assert_int_equal(s.spans, 1);
+    assert_int_equal(s.db_spans, 1);
+    uint8_t id[16] = {0};
+    id[15] = 7;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), TR_ENOTFOUND);
+    tr_tracestore_sweep(st, 12000);
+    tr_tracestore_stats(st, &s);
+    assert_int_equal(s.db_spans, 0);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
+static void test_retention_by_size(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_options_t o = {.path = f.db, .max_db_bytes = 64 * 1024};
+    tr_tracestore_t *st;
+    char err[256];
+    assert_int_equal(tr_tracestore_open(&o, &st, err, sizeof(err)), 0);
+    char detail[1024];
+    memset(detail, 'x', sizeof(detail) - 1);
+    detail[sizeof(detail) - 1] = '\0';
+    for (int r = 0; r < 4; r++) {
+        tr_span_batch_t b = {0};
+        for (int i = 0; i < 100; i++) {
+            tr_cspan_t fl;
+            memset(&fl, 0, sizeof(fl));
+            fl.trace_id[0] = (uint8_t)r;
+            fl.trace_id[1] = (uint8_t)i;
+            fl.span_id[0] = 1;
+            tr__span_batch_add(&b, tr__cspan_new(&fl, "s", "n", NULL, NULL, detail));
+        }
+        append(st, &b, (uint64_t)r + 1);
+    }
+    tr_tracestore_stats_t s;
+    tr_tracestore_stats(st, &s);
+    assert_true(s.db_bytes > 64 * 1024);
+    for (int i = 0; i < 10; i++)
+        tr_tracestore_sweep(st, 10);
+    tr_tracestore_stats(st, &s);
+    assert_true(s.db_bytes <= 64 * 1024);
+    assert_true(s.db_spans > 0 && s.db_spans < 400);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
+/* Not a pass/fail check: prints the store's append rate for bench/ comparisons. */
+static void test_append_rate(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_options_t o = {.path = f.db};
+    tr_tracestore_t *st;
+    char err[256];
+    assert_int_equal(tr_tracestore_open(&o, &st, err, sizeof(err)), 0);
+    struct timespec a, z;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    size_t total = 0;
+    for (int r = 0; r < 100; r++) {
+        tr_span_batch_t b = {0};
+        for (int i = 0; i < 500; i++) {
+            tr_cspan_t fl;
+            memset(&fl, 0, sizeof(fl));
+            fl.trace_id[0] = (uint8_t)r;
+            fl.trace_id[1] = (uint8_t)(i / 10);
+            fl.span_id[0] = (uint8_t)(i + 1);
+            fl.span_id[1] = (uint8_t)r;
+            fl.parent_id[0] = (uint8_t)(i % 10 ? i : 0);
+            tr__span_batch_add(&b, tr__cspan_new(&fl, i % 2 ? "a" : "b", "op", NULL, NULL,
+                                                 "{\"attributes\":{\"k\":\"v\"}}"));
+        }
+        append(st, &b, 1);
+        assert_int_equal(b.rejected, 0);
+        total += 500;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    double secs = (double)(z.tv_sec - a.tv_sec) + (double)(z.tv_nsec - a.tv_nsec) / 1e9;
+    printf("# tracestore append: %zu spans in %.3f s = %.0f spans/s\n", total, secs,
+           (double)total / secs);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_append_find_query),
+        cmocka_unit_test(test_parent_after_child_counts_dependency),
+        cmocka_unit_test(test_spans_per_trace_limit),
+        cmocka_unit_test(test_memory_bound_evicts_oldest_trace),
+        cmocka_unit_test(test_restart_reloads_and_sqlite_fallback),
+        cmocka_unit_test(test_retention_by_age),
+        cmocka_unit_test(test_retention_by_size),
+        cmocka_unit_test(test_append_rate),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
