@@ -5,6 +5,7 @@
 #include "trellis/log.h"
 #include "trellis/metrics.h"
 #include "trellis/runtime.h"
+#include "trellis/trace.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -143,6 +144,19 @@ int tr_cmd_gateway(int argc, char **argv)
         return TR_EXIT_OK;
     }
     tr_metrics_register_process(tr_metrics_default());
+    tr_exporter_t *exporter = NULL;
+    tr_span_sink_t sink;
+    const tr_exporter_options_t *tracing = tr_gateway_tracing(gw);
+    if (tracing) {
+        if (!(exporter = tr_exporter_start(tracing))) {
+            fprintf(stderr, "trellis gateway: tracing.endpoint: cannot export to %s\n",
+                    tracing->endpoint);
+            tr_gateway_close(gw);
+            return TR_EXIT_USAGE;
+        }
+        sink = tr_exporter_sink(exporter);
+        tr_gateway_set_spans(gw, &sink);
+    }
     tr_log_info("listening", TR_LOG_STR("addr", tr_gateway_listen_addr(gw)),
                 TR_LOG_STR("admin", tr_gateway_admin_addr(gw)),
                 TR_LOG_INT("workers", tr_gateway_workers(gw)), TR_LOG_INT("pid", getpid()));
@@ -153,6 +167,7 @@ int tr_cmd_gateway(int argc, char **argv)
                                .on_reload = on_reload,
                                .data = gw};
     e = tr_runtime_run(&ro);
+    if (exporter) tr_exporter_stop(exporter, 2000); /* what is queued gets 2 s to leave */
     tr_gateway_close(gw);
     tr_log_info("stopped");
     return e ? TR_EXIT_FAIL : TR_EXIT_OK;

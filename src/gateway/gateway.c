@@ -622,6 +622,17 @@ int tr_gateway_open(const tr_gateway_options_t *o, tr_gateway_t **out, char *err
     return 0;
 }
 
+const tr_exporter_options_t *tr_gateway_tracing(const tr_gateway_t *gw)
+{
+    return gw->cfg->tracing ? &gw->cfg->exporter : NULL;
+}
+
+void tr_gateway_set_spans(tr_gateway_t *gw, const tr_span_sink_t *spans)
+{
+    gw->o.spans = spans;
+    if (gw->cfg->tracing && !gw->o.service_name) gw->o.service_name = gw->cfg->exporter.service;
+}
+
 int tr_gateway_workers(const tr_gateway_t *gw)
 {
     return gw->nworkers;

@@ -32,6 +32,14 @@ int tr_gateway_workers(const tr_gateway_t *gw);
 const char *tr_gateway_listen_addr(const tr_gateway_t *gw);
 const char *tr_gateway_admin_addr(const tr_gateway_t *gw);
 
+/*
+ * The exporter settings when the config has a `tracing:` section with an endpoint (NULL
+ * otherwise); strings live as long as the gateway. The caller starts the exporter and
+ * hands its sink over with tr_gateway_set_spans before the workers start.
+ */
+const tr_exporter_options_t *tr_gateway_tracing(const tr_gateway_t *gw);
+void tr_gateway_set_spans(tr_gateway_t *gw, const tr_span_sink_t *spans);
+
 /* Runtime hooks: start serving on worker `w` / stop it (see tr_worker_stop_cb). */
 int tr_gateway_worker_start(tr_gateway_t *gw, tr_worker_t *w);
 void tr_gateway_worker_stop(tr_gateway_t *gw, tr_worker_t *w, bool force);
