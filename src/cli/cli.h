@@ -15,6 +15,7 @@ int tr_cmd_gateway(int argc, char **argv);
 int tr_cmd_logs(int argc, char **argv);
 int tr_cmd_registry(int argc, char **argv);
 int tr_cmd_trace(int argc, char **argv);
+int tr_cmd_up(int argc, char **argv);
 int tr_cmd_version(int argc, char **argv);
 
 /* Option value helpers: on bad input they print "trellis CMD: --OPT: …" and return false. */

@@ -17,6 +17,7 @@ static const command_t commands[] = {
     {"logs", tr_cmd_logs, "print and follow central logs; 'logs serve' hosts the log store"},
     {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
     {"trace", tr_cmd_trace, "print a trace from the collector as a waterfall"},
+    {"up", tr_cmd_up, "run a whole topology: control plane, gateway and services"},
     {"version", tr_cmd_version, "print the version"},
 };
 

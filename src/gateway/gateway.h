@@ -12,6 +12,7 @@ typedef struct tr_gateway_s tr_gateway_t;
 
 typedef struct tr_gateway_options_s {
     const char *config_path;     /* YAML or JSON file (required) */
+    const char *config_text; /* the config itself (config_path then only names it in messages) */
     const char *listen;          /* overrides the file's `listen` */
     const char *admin_listen;    /* overrides `admin.listen`; "off" disables the admin listener */
     int workers;                 /* overrides `workers` (0: keep) */
