@@ -13,44 +13,6 @@
 #define TRACE_DEFAULT_COLLECTOR "http://127.0.0.1:16686"
 #define BAR_WIDTH               40
 
-typedef struct fetch_s {
-    int status, err;
-    char *body;
-    size_t len;
-} fetch_t;
-
-static void on_fetched(tr_http_client_req_t *req, int err, const tr_http_client_response_t *res)
-{
-    fetch_t *f = tr_http_client_req_data(req);
-    f->err = err;
-    if (err) return;
-    f->status = res->status;
-    f->body = malloc(res->body_len + 1);
-    if (!f->body) return;
-    memcpy(f->body, res->body, res->body_len);
-    f->body[res->body_len] = '\0';
-    f->len = res->body_len;
-}
-
-static int fetch(const char *hostport, const char *target, fetch_t *f)
-{
-    tr_http_endpoint_t ep;
-    if (tr_http_endpoint_parse(&ep, hostport)) return UV_EINVAL;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    tr_http_client_options_t o;
-    tr_http_client_options_init(&o);
-    o.max_body_bytes = 256u << 20;
-    tr_http_client_t *client = tr_http_client_new(&loop, &o);
-    tr_http_client_request_t r = {.method = "GET", .target = target, .data = f};
-    int rc = tr_http_client_fetch(client, &ep, &r, on_fetched, NULL);
-    if (rc == 0) uv_run(&loop, UV_RUN_DEFAULT);
-    tr_http_client_close(client, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
-    return rc ? rc : f->err;
-}
-
 static void format_duration(double ns, char *out, size_t len)
 {
     if (ns < 1e3)
@@ -165,25 +127,12 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* "http://host:port[/]" → "host:port"; the query API is served at the root. */
-static bool collector_hostport(const char *url, char *out, size_t len)
-{
-    const char *p = strncmp(url, "http://", 7) ? url : url + 7;
-    if (!strncmp(url, "https://", 8)) return false;
-    size_t n = strcspn(p, "/");
-    if (n == 0 || n >= len) return false;
-    memcpy(out, p, n);
-    out[n] = '\0';
-    tr_http_endpoint_t ep;
-    return tr_http_endpoint_parse(&ep, out) == 0;
-}
-
 static int show(const char *hostport, const char *id, bool as_json)
 {
     char target[256];
     snprintf(target, sizeof(target), "/api/traces/%s", id);
-    fetch_t f = {0};
-    int rc = fetch(hostport, target, &f);
+    tr_cli_fetch_t f = {0};
+    int rc = tr_cli_fetch(hostport, "GET", target, NULL, &f);
     if (rc) {
         fprintf(stderr,
                 "trellis trace: cannot reach the collector at %s: %s (is `trellis "
@@ -243,7 +192,7 @@ int tr_cmd_trace(int argc, char **argv)
     if ((len != 32 && len != 16) || strspn(id, "0123456789abcdefABCDEF") != len)
         return tr_cli_usage_error("trace", "'%s' is not a trace id (32 hex digits)", id);
     char hostport[128];
-    if (!collector_hostport(url, hostport, sizeof(hostport)))
+    if (!tr_cli_hostport(url, hostport, sizeof(hostport)))
         return tr_cli_usage_error("trace", "--collector: '%s' is not http://HOST:PORT", url);
     return show(hostport, id, as_json);
 }

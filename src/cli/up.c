@@ -43,8 +43,8 @@ typedef struct replica_s {
 
 typedef struct svc_s {
     const tr_topo_service_t *def;
-    replica_t *replicas;
-    size_t n;
+    replica_t **replicas; /* pointers: instances keep theirs while the list grows */
+    size_t n, next_index;
     bool started;
 } svc_t;
 
@@ -132,7 +132,7 @@ static void registry_call(up_t *up, replica_t *r, bool add)
 static bool svc_ready(const svc_t *s)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (s->replicas[i].inst && tr_instance_state(s->replicas[i].inst) == TR_INST_READY)
+        if (s->replicas[i]->inst && tr_instance_state(s->replicas[i]->inst) == TR_INST_READY)
             return true;
     return s->n == 0;
 }
@@ -173,6 +173,23 @@ static void free_list(char **l)
     for (size_t i = 0; l && l[i]; i++)
         free(l[i]);
     free(l);
+}
+
+static replica_t *replica_add(svc_t *s)
+{
+    s->replicas = tr_realloc(s->replicas, (s->n + 1) * sizeof(*s->replicas));
+    replica_t *r = tr_calloc(1, sizeof(*r));
+    r->svc = s;
+    r->index = (int)s->next_index++;
+    s->replicas[s->n++] = r;
+    return r;
+}
+
+static void replica_free(replica_t *r)
+{
+    free_list(r->argv);
+    free_list(r->env);
+    free(r);
 }
 
 static void probe_spec(const tr_topo_probe_t *t, tr_probe_spec_t *p)
@@ -236,7 +253,7 @@ static void start_eligible(up_t *up)
         if (!deps_ready) continue;
         s->started = true;
         for (size_t r = 0; r < s->n; r++)
-            start_replica(up, s, &s->replicas[r]);
+            start_replica(up, s, s->replicas[r]);
     }
 }
 
@@ -244,7 +261,7 @@ static bool all_ready(const up_t *up)
 {
     for (size_t i = 0; i < up->nsvcs; i++)
         for (size_t r = 0; r < up->svcs[i].n; r++) {
-            replica_t *rp = &up->svcs[i].replicas[r];
+            replica_t *rp = up->svcs[i].replicas[r];
             if (!rp->inst || tr_instance_state(rp->inst) != TR_INST_READY) return false;
         }
     return true;
@@ -286,7 +303,7 @@ static void services_json(up_t *up, tr_http_req_t *req)
         svc_t *s = &up->svcs[i];
         json_t *insts = json_array();
         for (size_t k = 0; k < s->n; k++) {
-            replica_t *r = &s->replicas[k];
+            replica_t *r = s->replicas[k];
             tr_instance_t *in = r->inst;
             json_array_append_new(
                 insts, json_pack("{s:s, s:i, s:i, s:s, s:b, s:i, s:I}", "id", r->id, "port",
@@ -304,6 +321,102 @@ static void services_json(up_t *up, tr_http_req_t *req)
     json_decref(out);
     tr_http_res_send(req, 200, "application/json", text, strlen(text));
     free(text);
+}
+
+/* ---- control: restart, stop, start, scale a service */
+
+static void on_scaled_down(tr_instance_t *i, void *data)
+{
+    replica_t *r = data;
+    tr_instance_remove(i);
+    replica_free(r);
+}
+
+static void noop_stopped(tr_instance_t *i, void *data)
+{
+    (void)i;
+    (void)data;
+}
+
+static void scale(up_t *up, svc_t *s, size_t want)
+{
+    while (s->n < want) {
+        replica_t *r = replica_add(s);
+        if (s->started) start_replica(up, s, r);
+    }
+    while (s->n > want) {
+        replica_t *r = s->replicas[--s->n];
+        if (r->inst)
+            tr_instance_stop(r->inst, on_scaled_down, r);
+        else
+            replica_free(r);
+    }
+}
+
+static void control(up_t *up, tr_http_req_t *req, const char *name, const char *action)
+{
+    svc_t *s = svc_by_name(up, name);
+    if (!s) {
+        tr_http_res_problem(req, 404, "no-service", "No such service",
+                            "the topology has no service named \"%s\"", name);
+        return;
+    }
+    if (!strcmp(action, "scale")) {
+        const char *v;
+        long n = -1;
+        if (tr_http_query_param(req, "replicas", &v)) n = strtol(v, NULL, 10);
+        if (n < 0 || n > 100) {
+            tr_http_res_problem(req, 400, "bad-replicas", "Bad replica count",
+                                "give ?replicas=N with N from 0 to 100");
+            return;
+        }
+        scale(up, s, (size_t)n);
+    } else if (!strcmp(action, "restart") || !strcmp(action, "start")) {
+        if (!s->started) {
+            s->started = true;
+            for (size_t r = 0; r < s->n; r++)
+                start_replica(up, s, s->replicas[r]);
+        } else {
+            for (size_t r = 0; r < s->n; r++) {
+                replica_t *rp = s->replicas[r];
+                bool down = !rp->inst || tr_instance_state(rp->inst) == TR_INST_STOPPED ||
+                            tr_instance_state(rp->inst) == TR_INST_FAILED;
+                if (!rp->inst)
+                    start_replica(up, s, rp);
+                else if (!strcmp(action, "restart") || down)
+                    tr_instance_restart(rp->inst);
+            }
+        }
+    } else if (!strcmp(action, "stop")) {
+        for (size_t r = 0; r < s->n; r++)
+            if (s->replicas[r]->inst) tr_instance_stop(s->replicas[r]->inst, noop_stopped, NULL);
+    } else {
+        tr_http_res_problem(req, 404, "no-action", "Unknown action",
+                            "POST /api/services/<name>/restart, /stop, /start or "
+                            "/scale?replicas=N");
+        return;
+    }
+    tr_log_info("up: control", TR_LOG_STR("service", name), TR_LOG_STR("action", action),
+                TR_LOG_UINT("replicas", s->n));
+    tr_http_res_send(req, 202, "application/json", "{\"accepted\":true}", 17);
+}
+
+static void route_control(up_t *up, tr_http_req_t *req)
+{
+    char name[128], action[32];
+    const char *p = req->path + strlen("/api/services/");
+    size_t len = req->path_len - strlen("/api/services/");
+    const char *slash = memchr(p, '/', len);
+    if (!slash || (size_t)(slash - p) >= sizeof(name) ||
+        (size_t)(p + len - slash - 1) >= sizeof(action) || strcmp(req->method, "POST")) {
+        tr_http_res_problem(req, 404, "not-found", "Not found",
+                            "POST /api/services/<name>/restart, /stop, /start or "
+                            "/scale?replicas=N");
+        return;
+    }
+    snprintf(name, sizeof(name), "%.*s", (int)(slash - p), p);
+    snprintf(action, sizeof(action), "%.*s", (int)(p + len - slash - 1), slash + 1);
+    control(up, req, name, action);
 }
 
 static bool path_is(const tr_http_req_t *req, const char *p)
@@ -324,6 +437,8 @@ static void on_api(tr_http_req_t *req, void *data)
         tr_registry_handle(req, up->registry);
     } else if (path_is(req, "/api/services")) {
         services_json(up, req);
+    } else if (path_has(req, "/api/services/")) {
+        route_control(up, req);
     } else if (path_has(req, "/api/logs")) {
         if (!tr_logs_handle(up->logs, req)) tr_http_res_send(req, 404, NULL, NULL, 0);
     } else if (path_has(req, "/api/traces") || path_has(req, "/api/dependencies") ||
@@ -358,7 +473,7 @@ static void on_tick(uv_timer_t *t)
     int64_t now = (int64_t)time(NULL) * 1000;
     for (size_t i = 0; i < up->nsvcs; i++)
         for (size_t k = 0; k < up->svcs[i].n; k++) {
-            replica_t *r = &up->svcs[i].replicas[k];
+            replica_t *r = up->svcs[i].replicas[k];
             tr_instance_t *in = r->inst;
             int64_t since = in ? tr_instance_started_at(in) : 0;
             fprintf(stderr, "%-14s %-14s %7d %-9s %-5s %8u %7llds\n", up->svcs[i].def->name, r->id,
@@ -466,7 +581,7 @@ static void stop_next(void *data)
         tr_instance_t **list = tr_calloc(s->n + 1, sizeof(*list));
         size_t k = 0;
         for (size_t r = 0; r < s->n; r++)
-            if (s->replicas[r].inst) list[k++] = s->replicas[r].inst;
+            if (s->replicas[r]->inst) list[k++] = s->replicas[r]->inst;
         if (!k) {
             free(list);
             continue;
@@ -557,22 +672,16 @@ static void build_services(up_t *up)
     for (size_t i = 0; i < up->nsvcs; i++) {
         svc_t *s = &up->svcs[i];
         s->def = &defs[i];
-        s->n = defs[i].replicas;
-        s->replicas = tr_calloc(s->n + 1, sizeof(*s->replicas));
-        for (size_t r = 0; r < s->n; r++) {
-            s->replicas[r].svc = s;
-            s->replicas[r].index = (int)r;
-        }
+        for (uint32_t r = 0; r < defs[i].replicas; r++)
+            replica_add(s);
     }
 }
 
 static void free_services(up_t *up)
 {
     for (size_t i = 0; i < up->nsvcs; i++) {
-        for (size_t r = 0; r < up->svcs[i].n; r++) {
-            free_list(up->svcs[i].replicas[r].argv);
-            free_list(up->svcs[i].replicas[r].env);
-        }
+        for (size_t r = 0; r < up->svcs[i].n; r++)
+            replica_free(up->svcs[i].replicas[r]);
         free(up->svcs[i].replicas);
     }
     free(up->svcs);
