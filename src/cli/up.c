@@ -797,7 +797,12 @@ int tr_cmd_up(int argc, char **argv)
             fprintf(stderr, "trellis up: gateway: %s\n", err);
             rc = TR_EXIT_USAGE;
         } else {
-            printf("%s: ok\n", up.topology_path);
+            json_t *eff = tr_topology_effective(up.topo);
+            char *text = json_dumps(eff, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            printf("%s\n", text);
+            free(text);
+            json_decref(eff);
+            fprintf(stderr, "%s: ok\n", up.topology_path);
             rc = TR_EXIT_OK;
         }
         goto out;
