@@ -627,6 +627,19 @@ static int bind_addr(const char *text, int *fd, char *out, size_t n)
     return 0;
 }
 
+/* The gateway's access lines go to the log store too, so a correlation ID finds them. */
+static void on_access_lines(void *data, const char *lines, size_t len)
+{
+    up_t *up = data;
+    const char *p = lines, *end = lines + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        if (n) tr_logs_ingest_line(up->logs, "gateway", "access", 1, p, n);
+        p += n + 1;
+    }
+}
+
 static int open_gateway(up_t *up, const char *listen, int workers, char *err, size_t errlen)
 {
     const json_t *inline_cfg = tr_topology_gateway(up->topo);
@@ -635,7 +648,9 @@ static int open_gateway(up_t *up, const char *listen, int workers, char *err, si
                                .hub = up->hub,
                                .listen = listen,
                                .workers = workers,
-                               .service_name = "gateway"};
+                               .service_name = "gateway",
+                               .access_sink = up->logs ? on_access_lines : NULL,
+                               .access_sink_data = up};
     if (!file) {
         /* The inline section compiles like a file of its own (positions are those of the
          * rendered text, the key names still say where). */

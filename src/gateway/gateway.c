@@ -304,6 +304,8 @@ void gw_jwks_unknown_kid(gw_worker_t *wk, gw_jwt_t *j)
 void gw_access_flush(gw_worker_t *wk)
 {
     int fd = wk->gw->access_fd;
+    if (wk->access.len && wk->gw->o.access_sink)
+        wk->gw->o.access_sink(wk->gw->o.access_sink_data, wk->access.data, wk->access.len);
     size_t off = 0;
     while (fd >= 0 && off < wk->access.len) {
         ssize_t n = write(fd, wk->access.data + off, wk->access.len - off);

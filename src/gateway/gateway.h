@@ -11,14 +11,17 @@
 typedef struct tr_gateway_s tr_gateway_t;
 
 typedef struct tr_gateway_options_s {
-    const char *config_path;     /* YAML or JSON file (required) */
-    const char *config_text; /* the config itself (config_path then only names it in messages) */
-    const char *listen;          /* overrides the file's `listen` */
-    const char *admin_listen;    /* overrides `admin.listen`; "off" disables the admin listener */
-    int workers;                 /* overrides `workers` (0: keep) */
-    tr_discovery_hub_t *hub;     /* in-process registry instead of `discovery.registry` */
+    const char *config_path;  /* YAML or JSON file (required) */
+    const char *config_text;  /* the config itself (config_path then only names it in messages) */
+    const char *listen;       /* overrides the file's `listen` */
+    const char *admin_listen; /* overrides `admin.listen`; "off" disables the admin listener */
+    int workers;              /* overrides `workers` (0: keep) */
+    tr_discovery_hub_t *hub;  /* in-process registry instead of `discovery.registry` */
     const tr_span_sink_t *spans; /* where finished spans go (sampled requests); NULL: none */
     const char *service_name;    /* the spans' service.name ("gateway") */
+    /* Also receives each batch of access-log lines (complete JSON lines), from any worker. */
+    void (*access_sink)(void *data, const char *lines, size_t len);
+    void *access_sink_data;
 } tr_gateway_options_t;
 
 /*
