@@ -511,6 +511,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
                                     .max_body_bytes = TR_COLLECTOR_MAX_BODY};
     int fds[3] = {up->api_fd, up->otlp_fd, up->zipkin_fd};
     for (int i = 0; i < 3; i++) {
+        if (fds[i] < 0) continue; /* otlp: off, zipkin: off */
         if ((e = tr_http_server_start(loop, fds[i], i ? &col : &api, &up->servers[i]))) return e;
         up->open_servers++;
     }
@@ -519,7 +520,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
     char reg_env[96], otel_env[128];
     snprintf(reg_env, sizeof(reg_env), "TRELLIS_REGISTRY=%s", up->api_addr);
     snprintf(otel_env, sizeof(otel_env), "OTEL_EXPORTER_OTLP_ENDPOINT=http://%s", up->otlp_addr);
-    const char *env[] = {reg_env, otel_env, NULL};
+    const char *env[] = {reg_env, up->otlp_addr[0] ? otel_env : NULL, NULL};
     tr_supervisor_options_t so = {
         .self_exe = up->self_exe, .env = env, .events = {on_state, on_output, up}};
     up->sup = tr_supervisor_new(loop, &so);
@@ -631,6 +632,7 @@ static int bind_addr(const char *text, int *fd, char *out, size_t n)
 static void on_access_lines(void *data, const char *lines, size_t len)
 {
     up_t *up = data;
+    if (!up->logs) return;
     const char *p = lines, *end = lines + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -644,33 +646,36 @@ static int open_gateway(up_t *up, const char *listen, int workers, char *err, si
 {
     const json_t *inline_cfg = tr_topology_gateway(up->topo);
     const char *file = tr_topology_gateway_file(up->topo);
+    json_t *empty = NULL;
     tr_gateway_options_t go = {.config_path = file ? file : up->topology_path,
                                .hub = up->hub,
                                .listen = listen,
                                .workers = workers,
                                .service_name = "gateway",
-                               .access_sink = up->logs ? on_access_lines : NULL,
+                               .access_sink = on_access_lines,
                                .access_sink_data = up};
-    if (!file) {
-        /* The inline section compiles like a file of its own (positions are those of the
-         * rendered text, the key names still say where). */
-        json_t *j = inline_cfg ? json_deep_copy(inline_cfg) : json_object();
-        up->gateway_text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        json_decref(j);
-        go.config_text = up->gateway_text;
+    if (!file && inline_cfg) {
+        /* The inline section compiles in place: its errors point into the topology file. */
+        go.config_tree = tr_topology_config(up->topo);
+        go.config_root = (json_t *)inline_cfg;
+    } else if (!file) {
+        go.config_text = "{}"; /* no gateway section: every default, no routes */
     }
     int e = tr_gateway_open(&go, &up->gw, err, errlen);
+    json_decref(empty);
     if (e) return e;
     tr_exporter_options_t eo;
     const tr_exporter_options_t *tracing = tr_gateway_tracing(up->gw);
     char endpoint[128];
     if (!tracing) { /* trace to our own collector by default */
         tr_exporter_options_init(&eo);
-        snprintf(endpoint, sizeof(endpoint), "http://%s/v1/traces", up->otlp_addr);
+        snprintf(endpoint, sizeof(endpoint), "http://%s/v1/traces",
+                 up->otlp_addr[0] ? up->otlp_addr : up->cp->otlp);
         eo.endpoint = endpoint;
         eo.service = "gateway";
         tracing = &eo;
     }
+    if (!tracing->endpoint || !up->cp->otlp) return 0; /* no collector to send spans to */
     up->exporter = tr_exporter_start(tracing);
     if (up->exporter) {
         up->sink = tr_exporter_sink(up->exporter);
@@ -806,7 +811,6 @@ int tr_cmd_up(int argc, char **argv)
     up.api_fd = up.otlp_fd = up.zipkin_fd = -1;
     int rc = TR_EXIT_FAIL;
     if (check) {
-        snprintf(up.otlp_addr, sizeof(up.otlp_addr), "%s", up.cp->otlp);
         e = open_gateway(&up, "127.0.0.1:0", 1, err, sizeof(err));
         if (e) {
             fprintf(stderr, "trellis up: gateway: %s\n", err);
@@ -822,9 +826,16 @@ int tr_cmd_up(int argc, char **argv)
         }
         goto out;
     }
+    /* Everything that can be refused is checked before anything is created. */
+    if ((e = open_gateway(&up, listen, (int)workers, err, sizeof(err)))) {
+        fprintf(stderr, "trellis up: gateway: %s\n", err);
+        rc = e == TR_ECONFIG || e == TR_EPARSE ? TR_EXIT_USAGE : TR_EXIT_FAIL;
+        goto out;
+    }
     if (bind_addr(up.cp->listen, &up.api_fd, up.api_addr, sizeof(up.api_addr)) ||
-        bind_addr(up.cp->otlp, &up.otlp_fd, up.otlp_addr, sizeof(up.otlp_addr)) ||
-        bind_addr(up.cp->zipkin, &up.zipkin_fd, up.zipkin_addr, sizeof(up.zipkin_addr)))
+        (up.cp->otlp && bind_addr(up.cp->otlp, &up.otlp_fd, up.otlp_addr, sizeof(up.otlp_addr))) ||
+        (up.cp->zipkin &&
+         bind_addr(up.cp->zipkin, &up.zipkin_fd, up.zipkin_addr, sizeof(up.zipkin_addr))))
         goto out;
     if ((e = make_dirs(up.cp->data_dir))) {
         fprintf(stderr, "trellis up: control_plane.data_dir: cannot create %s: %s\n",
@@ -837,11 +848,6 @@ int tr_cmd_up(int argc, char **argv)
         goto out;
     }
     tr_logs_attach_logger(up.logs, "trellis", "up");
-    if ((e = open_gateway(&up, listen, (int)workers, err, sizeof(err)))) {
-        fprintf(stderr, "trellis up: gateway: %s\n", err);
-        rc = e == TR_ECONFIG || e == TR_EPARSE ? TR_EXIT_USAGE : TR_EXIT_FAIL;
-        goto out;
-    }
     build_services(&up);
     up.tty = isatty(STDERR_FILENO) && !getenv("NO_COLOR");
     tr_metrics_register_process(tr_metrics_default());

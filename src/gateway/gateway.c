@@ -402,7 +402,9 @@ static void on_reload_async(uv_async_t *a)
 int tr_gateway_reload(tr_gateway_t *gw, char *err, size_t errlen)
 {
     gw_config_t *cfg;
-    int rc = gw_config_load(gw->o.config_path, gw->o.config_text, &cfg, err, errlen);
+    int rc = gw->o.config_tree
+                 ? gw_config_load_tree(gw->o.config_tree, gw->o.config_root, &cfg, err, errlen)
+                 : gw_config_load(gw->o.config_path, gw->o.config_text, &cfg, err, errlen);
     uv_mutex_lock(&gw->lock);
     if (rc) {
         gw->reload_failures++;
@@ -494,7 +496,7 @@ int tr_gateway_worker_start(tr_gateway_t *gw, tr_worker_t *w)
     wk->watch_file.data = wk;
     if (wk->id == 0) {
         jwks_start(wk, wk->gen->cfg);
-        if (!gw->o.config_text) /* a file of its own: watch it */
+        if (!gw->o.config_text && !gw->o.config_tree) /* a file of its own: watch it */
             uv_fs_event_start(&wk->watch_file, on_file_event, gw->o.config_path, 0);
     }
     tr_http_server_options_t so = {0};
@@ -591,7 +593,8 @@ int tr_gateway_open(const tr_gateway_options_t *o, tr_gateway_t **out, char *err
     uv_once(&once, register_metrics);
     *out = NULL;
     gw_config_t *cfg;
-    int rc = gw_config_load(o->config_path, o->config_text, &cfg, err, errlen);
+    int rc = o->config_tree ? gw_config_load_tree(o->config_tree, o->config_root, &cfg, err, errlen)
+                            : gw_config_load(o->config_path, o->config_text, &cfg, err, errlen);
     if (rc) return rc;
     tr_gateway_t *gw = tr_calloc(1, sizeof(*gw));
     gw->o = *o;

@@ -182,9 +182,9 @@ static int compile_upstream(tr_config_t *cfg, const char *name, const json_t *o,
 static int compile_upstreams(tr_config_t *cfg, gw_config_t *c, json_t *out)
 {
     json_t *ups;
-    if (tr_config_get_object(cfg, tr_config_root(cfg), "upstreams", &ups)) return TR_ECONFIG;
+    if (tr_config_get_object(cfg, c->root, "upstreams", &ups)) return TR_ECONFIG;
     if (ups && !json_is_object(ups))
-        return tr_config_fail(cfg, tr_config_root(cfg), "upstreams",
+        return tr_config_fail(cfg, c->root, "upstreams",
                               "expected a mapping of upstream name to its settings");
     c->nupstreams = ups ? json_object_size(ups) : 0;
     c->upstreams = tr_calloc(c->nupstreams + 1, sizeof(*c->upstreams));
@@ -705,7 +705,7 @@ static int compile_route(tr_config_t *cfg, gw_config_t *c, tr_route_t *route, gw
 static int compile_routes(tr_config_t *cfg, gw_config_t *c, json_t *out)
 {
     json_t *routes;
-    if (tr_config_get_array(cfg, tr_config_root(cfg), "routes", &routes)) return TR_ECONFIG;
+    if (tr_config_get_array(cfg, c->root, "routes", &routes)) return TR_ECONFIG;
     if (tr_router_compile(cfg, routes, &c->router)) return TR_ECONFIG;
     c->nroutes = tr_router_count(c->router);
     c->routes = tr_calloc(c->nroutes + 1, sizeof(*c->routes));
@@ -728,7 +728,7 @@ static int compile_top(tr_config_t *cfg, gw_config_t *c, json_t *out)
     static const char *const admin_keys[] = {"listen", NULL};
     static const char *const disc_keys[] = {"registry", "datacenter", NULL};
     static const char *const limit_keys[] = {"max_body", "header_timeout", "idle_timeout", NULL};
-    json_t *root = tr_config_root(cfg), *admin, *disc, *limits, *tracing;
+    json_t *root = c->root, *admin, *disc, *limits, *tracing;
     int64_t workers;
     if (tr_config_check_keys(cfg, root, keys) ||
         tr_config_get_string(cfg, root, "listen", DEFAULT_LISTEN, &c->listen) ||
@@ -810,21 +810,19 @@ static void config_free(gw_config_t *c)
     free(c->routes);
     tr_router_free(c->router);
     json_decref(c->effective);
-    tr_config_free(c->src);
+    if (c->owns_src) tr_config_free(c->src);
     free((void *)c->path);
     free(c);
 }
 
-int gw_config_load(const char *path, const char *text, gw_config_t **out, char *err, size_t errlen)
+static int compile(const char *path, tr_config_t *cfg, json_t *root, bool owns, gw_config_t **out,
+                   char *err, size_t errlen)
 {
-    tr_config_t *cfg;
-    *out = NULL;
-    int rc = text ? tr_config_load_string(path, text, strlen(text), &cfg, err, errlen)
-                  : tr_config_load_file(path, &cfg, err, errlen);
-    if (rc) return rc;
     gw_config_t *c = tr_calloc(1, sizeof(*c));
     c->refs = 1;
     c->src = cfg;
+    c->owns_src = owns;
+    c->root = root;
     c->path = tr_strdup(path ? path : "");
     c->effective = json_object();
     json_t *ups = json_object(), *routes = json_array();
@@ -840,6 +838,27 @@ int gw_config_load(const char *path, const char *text, gw_config_t **out, char *
     eff(c->effective, "routes", routes);
     *out = c;
     return 0;
+}
+
+int gw_config_load(const char *path, const char *text, gw_config_t **out, char *err, size_t errlen)
+{
+    tr_config_t *cfg;
+    *out = NULL;
+    int rc = text ? tr_config_load_string(path, text, strlen(text), &cfg, err, errlen)
+                  : tr_config_load_file(path, &cfg, err, errlen);
+    if (rc) return rc;
+    return compile(path, cfg, tr_config_root(cfg), true, out, err, errlen);
+}
+
+int gw_config_load_tree(tr_config_t *cfg, json_t *root, gw_config_t **out, char *err,
+                        size_t errlen)
+{
+    *out = NULL;
+    if (!json_is_object(root)) {
+        snprintf(err, errlen, "%s", "the gateway section must be a mapping");
+        return TR_ECONFIG;
+    }
+    return compile(tr_config_name(cfg), cfg, root, false, out, err, errlen);
 }
 
 void gw_config_retain(gw_config_t *c)

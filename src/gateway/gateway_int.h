@@ -126,6 +126,8 @@ typedef struct gw_route_s {
 typedef struct gw_config_s {
     _Atomic unsigned refs;
     tr_config_t *src;
+    bool owns_src; /* false: a section of someone else's tree (a topology's `gateway:`) */
+    json_t *root;
     const char *path;
     const char *listen, *admin_listen;
     int workers;
@@ -146,6 +148,10 @@ typedef struct gw_config_s {
 /* Compiles the file at `path`. On failure returns TR_ECONFIG (or a load error) and writes
  * "file:line:col: key: what is wrong" to err. */
 int gw_config_load(const char *path, const char *text, gw_config_t **out, char *err, size_t errlen);
+/* Compiles a section of an already loaded tree (borrowed: it must outlive the config);
+ * errors then point into that tree's file, with its key paths. */
+int gw_config_load_tree(tr_config_t *cfg, json_t *root, gw_config_t **out, char *err,
+                        size_t errlen);
 void gw_config_retain(gw_config_t *c);
 void gw_config_release(gw_config_t *c);
 
