@@ -109,6 +109,23 @@ void tr_http_client_close(tr_http_client_t *client, tr_http_client_close_cb cb);
 /* Parses "127.0.0.1:8080" or "[::1]:8080". Returns 0 or UV_EINVAL. */
 int tr_http_endpoint_parse(tr_http_endpoint_t *ep, const char *hostport);
 
+/* A parsed "http://host[:port][/path]" URL (background fetchers: JWKS, span export). */
+typedef struct tr_http_url_s {
+    char host[256];        /* name or IP literal, without brackets */
+    char port[8];          /* decimal, "80" by default */
+    bool literal;          /* host is an IP literal: `ep` is ready, no resolving */
+    tr_http_endpoint_t ep; /* literal: the address; otherwise ep.host is "host:port" */
+    char *target;          /* path and query ("/" when empty); malloc'd */
+} tr_http_url_t;
+
+/*
+ * Parses an http:// URL into *u. Returns 0; TR_EUNSUPPORTED for https:// or another
+ * scheme; UV_EINVAL for anything malformed (bad host characters, port outside 1..65535,
+ * an IPv6 host that is not a literal). Free u->target with tr_http_url_free.
+ */
+int tr_http_url_parse(const char *url, tr_http_url_t *u);
+void tr_http_url_free(tr_http_url_t *u);
+
 /* Builds an endpoint from an address (IPv4 or IPv6). Returns 0 or UV_EINVAL. */
 int tr_http_endpoint_from_addr(tr_http_endpoint_t *ep, const struct sockaddr *addr);
 

@@ -19,11 +19,7 @@ struct tr_jwks_s {
     uv_loop_t *loop;
     tr_jwks_options_t o;
     char *url;
-    char host[256]; /* name or literal, without brackets */
-    char port[8];   /* decimal */
-    char *target;   /* path and query */
-    bool literal;   /* host is an IP literal: no resolving */
-    tr_http_endpoint_t ep;
+    tr_http_url_t u;
     tr_http_client_t *client;
     tr_http_client_req_t *req;
     uv_getaddrinfo_t gai;
@@ -53,61 +49,6 @@ void tr_jwks_options_init(tr_jwks_options_t *o)
 }
 
 /* ---- URL */
-
-static bool host_chars_ok(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.'))
-            return false;
-    }
-    return n > 0;
-}
-
-/* Splits "http://host[:port]/path" into the fetcher's fields. */
-static int parse_url(tr_jwks_t *j, const char *url)
-{
-    if (strncasecmp(url, "https://", 8) == 0) return TR_EUNSUPPORTED;
-    if (strncasecmp(url, "http://", 7) != 0)
-        return strstr(url, "://") ? TR_EUNSUPPORTED : UV_EINVAL;
-    const char *auth = url + 7, *slash = strchr(auth, '/');
-    size_t alen = slash ? (size_t)(slash - auth) : strlen(auth);
-    const char *host = auth, *colon = NULL;
-    size_t hlen;
-    if (alen > 0 && auth[0] == '[') {
-        const char *close = memchr(auth, ']', alen);
-        if (close == NULL) return UV_EINVAL;
-        host = auth + 1;
-        hlen = (size_t)(close - host);
-        if (close + 1 < auth + alen) {
-            if (close[1] != ':') return UV_EINVAL;
-            colon = close + 1;
-        }
-    } else {
-        colon = memchr(auth, ':', alen);
-        hlen = colon ? (size_t)(colon - auth) : alen;
-        if (!host_chars_ok(host, hlen)) return UV_EINVAL;
-    }
-    if (hlen == 0 || hlen >= sizeof(j->host)) return UV_EINVAL;
-    memcpy(j->host, host, hlen);
-    j->host[hlen] = '\0';
-    size_t plen = colon ? (size_t)(auth + alen - colon - 1) : 0;
-    if (colon && (plen == 0 || plen > 5 || strspn(colon + 1, "0123456789") < plen))
-        return UV_EINVAL;
-    snprintf(j->port, sizeof(j->port), "%.*s", colon ? (int)plen : 2, colon ? colon + 1 : "80");
-    long port = strtol(j->port, NULL, 10);
-    if (port < 1 || port > 65535) return UV_EINVAL;
-    char hostport[300];
-    bool v6 = auth[0] == '[';
-    snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%s" : "%s:%s", j->host, j->port);
-    j->literal = tr_http_endpoint_parse(&j->ep, hostport) == 0;
-    if (!j->literal && v6) return UV_EINVAL;
-    size_t hplen = strlen(hostport);
-    if (!j->literal && hplen < sizeof(j->ep.host)) memcpy(j->ep.host, hostport, hplen + 1);
-    j->target = tr_strdup(slash ? slash : "/");
-    return 0;
-}
 
 /* ---- fetching */
 
@@ -188,12 +129,12 @@ static void send_request(tr_jwks_t *j)
     static const tr_http_client_header_t accept = {
         "Accept", 6, "application/jwk-set+json, application/json", 42};
     tr_http_client_request_t r = {.method = "GET",
-                                  .target = j->target,
+                                  .target = j->u.target,
                                   .headers = &accept,
                                   .nheaders = 1,
                                   .flags = TR_HTTP_CLIENT_IDEMPOTENT,
                                   .data = j};
-    int err = tr_http_client_fetch(j->client, &j->ep, &r, on_fetched, &j->req);
+    int err = tr_http_client_fetch(j->client, &j->u.ep, &r, on_fetched, &j->req);
     if (err) {
         j->in_flight = false;
         uv_timer_stop(&j->deadline);
@@ -210,13 +151,14 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
         close_step(j);
         return;
     }
-    char host[sizeof(j->ep.host)];
-    memcpy(host, j->ep.host, sizeof(host));
+    char host[sizeof(j->u.ep.host)];
+    memcpy(host, j->u.ep.host, sizeof(host));
     int err = status ? status
-              : res  ? tr_http_endpoint_from_addr(&j->ep, res->ai_addr)
+              : res  ? tr_http_endpoint_from_addr(&j->u.ep, res->ai_addr)
                      : UV_EAI_NONAME;
     uv_freeaddrinfo(res);
-    memcpy(j->ep.host, host, sizeof(host)); /* the Host header names the server, not its address */
+    memcpy(j->u.ep.host, host,
+           sizeof(host)); /* the Host header names the server, not its address */
     if (j->timed_out) err = TR_ECONNECT_TIMEOUT;
     if (err) {
         j->in_flight = false;
@@ -244,13 +186,13 @@ static void fetch_start(tr_jwks_t *j)
     j->fetches++;
     j->last_start_ms = uv_now(j->loop);
     uv_timer_start(&j->deadline, on_deadline, j->o.timeout_ms, 0);
-    if (j->literal) {
+    if (j->u.literal) {
         send_request(j);
         return;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     j->resolving = true;
-    int err = uv_getaddrinfo(j->loop, &j->gai, on_resolved, j->host, j->port, &hints);
+    int err = uv_getaddrinfo(j->loop, &j->gai, on_resolved, j->u.host, j->u.port, &hints);
     if (err) {
         j->resolving = j->in_flight = false;
         uv_timer_stop(&j->deadline);
@@ -283,9 +225,9 @@ int tr_jwks_start(uv_loop_t *loop, const tr_jwks_options_t *o, tr_jwks_t **out)
     tr_jwks_options_t d;
     tr_jwks_options_init(&d);
     tr_jwks_t *j = tr_calloc(1, sizeof(*j));
-    int err = parse_url(j, o->url);
+    int err = tr_http_url_parse(o->url, &j->u);
     if (err) {
-        free(j->target);
+        tr_http_url_free(&j->u);
         free(j);
         return err;
     }
@@ -331,7 +273,7 @@ static void close_step(tr_jwks_t *j)
     tr_jwt_keyset_release(j->keys);
     if (j->close_cb) j->close_cb(j);
     free(j->url);
-    free(j->target);
+    tr_http_url_free(&j->u);
     free(j);
 }
 

@@ -33,10 +33,8 @@ typedef struct slot_s {
 
 struct tr_exporter_s {
     tr_exporter_options_t o;
-    char *endpoint, *service, *target;
-    char host[256], port[8];
-    bool literal;
-    tr_http_endpoint_t ep;
+    char *endpoint, *service;
+    tr_http_url_t u;
 
     slot_t *slots;
     size_t cap, mask;
@@ -111,64 +109,6 @@ int tr_exporter_config(tr_config_t *cfg, const json_t *tracing, tr_exporter_opti
 }
 
 /* ---- endpoint URL (the same rules as the JWKS fetcher's) ---- */
-
-static bool host_chars_ok(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.'))
-            return false;
-    }
-    return n > 0;
-}
-
-/* Splits "http://host[:port]/path" into host, port, target and, for a literal, ep. */
-static int parse_url(tr_exporter_t *e, const char *url)
-{
-    if (strncasecmp(url, "https://", 8) == 0) return TR_EUNSUPPORTED;
-    if (strncasecmp(url, "http://", 7) != 0)
-        return strstr(url, "://") ? TR_EUNSUPPORTED : UV_EINVAL;
-    const char *auth = url + 7, *slash = strchr(auth, '/');
-    size_t alen = slash ? (size_t)(slash - auth) : strlen(auth);
-    const char *host = auth, *colon = NULL;
-    size_t hlen;
-    if (alen > 0 && auth[0] == '[') {
-        const char *close = memchr(auth, ']', alen);
-        if (close == NULL) return UV_EINVAL;
-        host = auth + 1;
-        hlen = (size_t)(close - host);
-        if (close + 1 < auth + alen) {
-            if (close[1] != ':') return UV_EINVAL;
-            colon = close + 1;
-        }
-    } else {
-        colon = memchr(auth, ':', alen);
-        hlen = colon ? (size_t)(colon - auth) : alen;
-        if (!host_chars_ok(host, hlen)) return UV_EINVAL;
-    }
-    if (hlen == 0 || hlen >= sizeof(e->host)) return UV_EINVAL;
-    memcpy(e->host, host, hlen);
-    e->host[hlen] = '\0';
-    size_t plen = colon ? (size_t)(auth + alen - colon - 1) : 0;
-    if (colon && (plen == 0 || plen > 5 || strspn(colon + 1, "0123456789") < plen))
-        return UV_EINVAL;
-    snprintf(e->port, sizeof(e->port), "%.*s", colon ? (int)plen : 2, colon ? colon + 1 : "80");
-    long port = strtol(e->port, NULL, 10);
-    if (port < 1 || port > 65535) return UV_EINVAL;
-    char hostport[300];
-    bool v6 = auth[0] == '[';
-    snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%s" : "%s:%s", e->host, e->port);
-    e->literal = tr_http_endpoint_parse(&e->ep, hostport) == 0;
-    if (!e->literal && v6) return UV_EINVAL;
-    size_t hplen = strlen(hostport);
-    if (!e->literal) {
-        if (hplen >= sizeof(e->ep.host)) return UV_EINVAL;
-        memcpy(e->ep.host, hostport, hplen + 1);
-    }
-    e->target = tr_strdup(slash ? slash : "/");
-    return 0;
-}
 
 /* ---- producers ---- */
 
@@ -378,14 +318,14 @@ static void send_request(tr_exporter_t *e)
         {"Content-Type", 12, "application/json", 16},
     };
     tr_http_client_request_t r = {.method = "POST",
-                                  .target = e->target,
+                                  .target = e->u.target,
                                   .headers = hdrs,
                                   .nheaders = 1,
                                   .body_mode = TR_HTTP_CLIENT_BODY_BUFFER,
                                   .body = e->body.data,
                                   .body_len = e->body.len,
                                   .data = e};
-    int err = tr_http_client_fetch(e->client, &e->ep, &r, on_fetched, &e->req);
+    int err = tr_http_client_fetch(e->client, &e->u.ep, &r, on_fetched, &e->req);
     if (err) {
         e->req = NULL;
         uv_timer_stop(&e->attempt_deadline);
@@ -397,13 +337,13 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
 {
     tr_exporter_t *e = gai->data;
     e->resolving = false;
-    char host[sizeof(e->ep.host)];
-    memcpy(host, e->ep.host, sizeof(host));
+    char host[sizeof(e->u.ep.host)];
+    memcpy(host, e->u.ep.host, sizeof(host));
     int err = status ? status
-              : res  ? tr_http_endpoint_from_addr(&e->ep, res->ai_addr)
+              : res  ? tr_http_endpoint_from_addr(&e->u.ep, res->ai_addr)
                      : UV_EAI_NONAME;
     uv_freeaddrinfo(res);
-    memcpy(e->ep.host, host, sizeof(host)); /* Host names the server, not its address */
+    memcpy(e->u.ep.host, host, sizeof(host)); /* Host names the server, not its address */
     if (e->closing) {
         if (e->busy) drop_batch(e, TR_ECANCELED, 0);
         return;
@@ -431,13 +371,13 @@ static void send_batch(tr_exporter_t *e)
     if (e->closing) return;
     e->timed_out = false;
     uv_timer_start(&e->attempt_deadline, on_attempt_deadline, e->o.export_timeout_ms, 0);
-    if (e->literal || e->resolved) {
+    if (e->u.literal || e->resolved) {
         send_request(e);
         return;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     e->gai.data = e;
-    int err = uv_getaddrinfo(&e->loop, &e->gai, on_resolved, e->host, e->port, &hints);
+    int err = uv_getaddrinfo(&e->loop, &e->gai, on_resolved, e->u.host, e->u.port, &hints);
     if (err) {
         uv_timer_stop(&e->attempt_deadline);
         attempt_failed(e, err, 0);
@@ -522,7 +462,7 @@ static void exporter_free(tr_exporter_t *e)
     free(e->picked);
     free(e->endpoint);
     free(e->service);
-    free(e->target);
+    tr_http_url_free(&e->u);
     tr_buf_free(&e->body);
     free(e);
 }
@@ -564,7 +504,7 @@ tr_exporter_t *tr_exporter_start(const tr_exporter_options_t *opts)
     if (o.retry_max_ms < o.retry_initial_ms) o.retry_max_ms = o.retry_initial_ms;
 
     tr_exporter_t *e = tr_calloc(1, sizeof(*e));
-    int err = parse_url(e, o.endpoint);
+    int err = tr_http_url_parse(o.endpoint, &e->u);
     if (err) {
         tr_log_error("trace: bad export endpoint (expected http://host[:port]/path)",
                      TR_LOG_STR("endpoint", o.endpoint), TR_LOG_ERR(err));
