@@ -1,6 +1,7 @@
 /* The proxy: one client request through route policies, the resilience chain and an upstream. */
 #include "gateway/gateway_int.h"
 
+#include "core/jsonw.h"
 #include "core/mem.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
@@ -527,31 +528,12 @@ static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_he
 
 /* ---- the access log: one JSON line per request, written in batches */
 
-static void json_escape(tr_buf_t *b, const char *s)
-{
-    tr_buf_append(b, "\"", 1);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            tr_buf_append(b, e, 2);
-        } else if (c < 0x20) {
-            char e[8];
-            snprintf(e, sizeof(e), "\\u%04x", c);
-            tr_buf_append(b, e, 6);
-        } else {
-            tr_buf_append(b, (const char *)&c, 1);
-        }
-    }
-    tr_buf_append(b, "\"", 1);
-}
-
 void gw_access_flush(gw_worker_t *wk);
 
 static void access_log(gw_exchange_t *x)
 {
     gw_worker_t *wk = x->wk;
-    if (wk->gw->access_fd < 0) return;
+    if (wk->gw->access_fd < 0 && !wk->gw->o.access_sink) return;
     tr_buf_t *b = &wk->access;
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -568,22 +550,22 @@ static void access_log(gw_exchange_t *x)
                  ts, (int)(tv.tv_usec / 1000), x->status, now - x->start_ms, x->attempts,
                  x->bytes_in, x->bytes_out);
     tr_buf_append(b, head, (size_t)n);
-    json_escape(b, x->route ? x->route->name : "");
+    tr_jsonw_cstr(b, x->route ? x->route->name : "");
     tr_buf_append_str(b, ",\"upstream\":");
-    json_escape(b, x->up ? x->up->cfg->name : "");
+    tr_jsonw_cstr(b, x->up ? x->up->cfg->name : "");
     tr_buf_append_str(b, ",\"endpoint\":");
-    json_escape(b, x->endpoint);
+    tr_jsonw_cstr(b, x->endpoint);
     tr_buf_append_str(b, ",\"method\":");
-    json_escape(b, x->method);
+    tr_jsonw_cstr(b, x->method);
     tr_buf_append_str(b, ",\"path\":");
-    json_escape(b, x->path);
+    tr_jsonw_cstr(b, x->path);
     tr_buf_append_str(b, ",\"correlation_id\":");
-    json_escape(b, x->corr);
+    tr_jsonw_cstr(b, x->corr);
     tr_buf_append_str(b, ",\"trace_id\":");
-    json_escape(b, x->trace_id);
+    tr_jsonw_cstr(b, x->trace_id);
     if (x->error) {
         tr_buf_append_str(b, ",\"error\":");
-        json_escape(b, x->error);
+        tr_jsonw_cstr(b, x->error);
     }
     tr_buf_append_str(b, "}\n");
     if (b->len >= ACCESS_FLUSH) gw_access_flush(wk);

@@ -2,6 +2,9 @@
 #include "trace/ingest.h"
 
 #include "core/buf.h"
+#include "core/json_arena.h"
+#include "core/jsonw.h"
+#include "core/map.h"
 #include "trellis/error.h"
 #include "trellis/trace.h"
 
@@ -22,20 +25,103 @@ typedef struct otlp_ctx_s {
     tr_buf_t detail;   /* scratch for each span's detail */
 } otlp_ctx_t;
 
-static json_t *any_value(json_t *v, int depth);
+static void put_any(tr_buf_t *b, json_t *v, int depth);
 
-static json_t *kv_list(json_t *list, int depth)
+/* Lists up to this long are checked for repeated keys pairwise; longer ones with a map. */
+#define SMALL_LIST 16
+
+/* The keyed entries of a short KeyValue list, looked up once. */
+typedef struct kv_items_s {
+    size_t n;
+    const char *key[SMALL_LIST];
+    json_t *kv[SMALL_LIST];
+} kv_items_t;
+
+static const char *kv_key(json_t *kv)
 {
-    json_t *obj = json_object();
+    return json_string_value(json_object_get(kv, "key"));
+}
+
+/* Fills `it` from a list of at most SMALL_LIST entries; false for a longer list. */
+static bool kv_collect(json_t *list, kv_items_t *it)
+{
     size_t i;
     json_t *kv;
-    if (!json_is_array(list)) return obj;
+    it->n = 0;
+    if (json_array_size(list) > SMALL_LIST) return false;
     json_array_foreach(list, i, kv)
     {
-        const char *key = json_string_value(json_object_get(kv, "key"));
-        if (key) json_object_set_new(obj, key, any_value(json_object_get(kv, "value"), depth + 1));
+        const char *key = kv_key(kv);
+        if (!key) continue;
+        it->key[it->n] = key;
+        it->kv[it->n++] = kv;
     }
-    return obj;
+    return true;
+}
+
+static void put_member(tr_buf_t *b, bool *first, const char *key, json_t *kv, int depth)
+{
+    if (!*first) TR_JSONW_LIT(b, ",");
+    *first = false;
+    tr_jsonw_cstr(b, key);
+    TR_JSONW_LIT(b, ":");
+    put_any(b, json_object_get(kv, "value"), depth + 1);
+}
+
+/* The entry whose value a repeated key ends with (the last), where the key first appears. */
+static void put_small_list(tr_buf_t *b, const kv_items_t *it, int depth)
+{
+    bool first = true;
+    for (size_t i = 0; i < it->n; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = !strcmp(it->key[j], it->key[i]);
+        if (seen) continue;
+        json_t *last = it->kv[i];
+        for (size_t j = i + 1; j < it->n; j++)
+            if (!strcmp(it->key[j], it->key[i])) last = it->kv[j];
+        put_member(b, &first, it->key[i], last, depth);
+    }
+}
+
+static void put_large_list(tr_buf_t *b, json_t *list, int depth)
+{
+    static char written;
+    tr_map_t last = TR_MAP_INIT;
+    size_t i;
+    json_t *kv;
+    json_array_foreach(list, i, kv)
+    {
+        const char *key = kv_key(kv);
+        if (key) tr_map_put(&last, key, kv);
+    }
+    bool first = true;
+    json_array_foreach(list, i, kv)
+    {
+        const char *key = kv_key(kv);
+        json_t *use = key ? tr_map_get(&last, key) : NULL;
+        if (!use || use == (json_t *)&written) continue;
+        put_member(b, &first, key, use, depth);
+        tr_map_put(&last, key, &written);
+    }
+    tr_map_free(&last);
+}
+
+/*
+ * A KeyValue list as a JSON object, written straight from the parsed request. A repeated
+ * key keeps its first position and its last value, as an object built key by key would.
+ * `it` is the list's kv_collect result, or NULL to collect here.
+ */
+static void put_kv_list(tr_buf_t *b, json_t *list, const kv_items_t *it, int depth)
+{
+    kv_items_t local;
+    TR_JSONW_LIT(b, "{");
+    if (!it && kv_collect(list, &local)) it = &local;
+    if (it)
+        put_small_list(b, it, depth);
+    else
+        put_large_list(b, list, depth);
+    TR_JSONW_LIT(b, "}");
 }
 
 /* An OTLP 64-bit integer arrives as a JSON string (the spec) or a number (some encoders). */
@@ -53,39 +139,18 @@ static bool int64_value(json_t *v, long long *out)
     }
     const char *s = json_string_value(v);
     if (!s || !*s) return false;
+    /* Up to 18 plain digits cannot overflow: the common case (nanosecond times) skips strtoll. */
+    long long n = 0;
+    size_t i = 0;
+    while (i < 18 && s[i] >= '0' && s[i] <= '9')
+        n = n * 10 + (s[i++] - '0');
+    if (s[i] == '\0') {
+        *out = n;
+        return true;
+    }
     char *end;
     *out = strtoll(s, &end, 10);
     return *end == '\0';
-}
-
-/* AnyValue → the plain JSON value it stands for. */
-static json_t *any_value(json_t *v, int depth)
-{
-    json_t *x;
-    long long i;
-    if (!json_is_object(v) || depth > MAX_VALUE_DEPTH) return json_null();
-    if ((x = json_object_get(v, "stringValue")))
-        return json_is_string(x) ? json_copy(x) : json_null();
-    if ((x = json_object_get(v, "boolValue"))) return json_boolean(json_is_true(x));
-    if ((x = json_object_get(v, "intValue")))
-        return int64_value(x, &i) ? json_integer(i) : json_null();
-    if ((x = json_object_get(v, "doubleValue")))
-        return json_is_number(x) ? json_real(json_number_value(x)) : json_copy(x);
-    if ((x = json_object_get(v, "bytesValue")))
-        return json_is_string(x) ? json_copy(x) : json_null();
-    if ((x = json_object_get(v, "kvlistValue")))
-        return kv_list(json_object_get(x, "values"), depth);
-    if ((x = json_object_get(v, "arrayValue"))) {
-        json_t *arr = json_array(), *e;
-        size_t k;
-        json_t *vals = json_object_get(x, "values");
-        if (json_is_array(vals)) json_array_foreach(vals, k, e)
-            {
-                json_array_append_new(arr, any_value(e, depth + 1));
-            }
-        return arr;
-    }
-    return json_null();
 }
 
 static void dump_into(tr_buf_t *b, json_t *v)
@@ -95,12 +160,130 @@ static void dump_into(tr_buf_t *b, json_t *v)
     free(s);
 }
 
-/* A string attribute value, or the first element of a string array (header semconv). */
-static const char *attr_string(json_t *attrs, const char *key)
+/* AnyValue's members, in the order of precedence when a value has more than one. */
+typedef enum { V_STRING, V_BOOL, V_INT, V_DOUBLE, V_BYTES, V_KVLIST, V_ARRAY, V_NONE } vkind_t;
+
+static const char *const vkind_names[] = {"stringValue", "boolValue",   "intValue",  "doubleValue",
+                                          "bytesValue",  "kvlistValue", "arrayValue"};
+
+/* Which member an AnyValue stands for (one pass over its members, not a lookup per kind). */
+static vkind_t any_kind(json_t *v, json_t **x)
 {
-    json_t *v = json_object_get(attrs, key);
-    if (json_is_array(v)) v = json_array_get(v, 0);
-    return json_string_value(v);
+    vkind_t best = V_NONE;
+    const char *key;
+    json_t *m;
+    *x = NULL;
+    json_object_foreach(v, key, m)
+    {
+        for (int k = 0; k < (int)best; k++)
+            if (!strcmp(key, vkind_names[k])) {
+                best = (vkind_t)k;
+                *x = m;
+                break;
+            }
+    }
+    return best;
+}
+
+static void put_string(tr_buf_t *b, json_t *x)
+{
+    if (json_is_string(x))
+        tr_jsonw_str(b, json_string_value(x), json_string_length(x));
+    else
+        TR_JSONW_LIT(b, "null");
+}
+
+static void put_array(tr_buf_t *b, json_t *vals, int depth)
+{
+    size_t k;
+    json_t *e;
+    TR_JSONW_LIT(b, "[");
+    if (json_is_array(vals)) json_array_foreach(vals, k, e)
+        {
+            if (k) TR_JSONW_LIT(b, ",");
+            put_any(b, e, depth + 1);
+        }
+    TR_JSONW_LIT(b, "]");
+}
+
+static void put_number(tr_buf_t *b, vkind_t kind, json_t *x)
+{
+    long long i;
+    if (kind == V_INT && int64_value(x, &i))
+        tr_jsonw_i64(b, i);
+    else if (kind == V_INT)
+        TR_JSONW_LIT(b, "null");
+    else if (json_is_number(x))
+        tr_jsonw_double(b, json_number_value(x));
+    else
+        dump_into(b, x);
+}
+
+/* AnyValue → the plain JSON value it stands for. */
+static void put_any(tr_buf_t *b, json_t *v, int depth)
+{
+    json_t *x;
+    vkind_t kind = json_is_object(v) && depth <= MAX_VALUE_DEPTH ? any_kind(v, &x) : V_NONE;
+    switch (kind) {
+    case V_STRING:
+    case V_BYTES:
+        put_string(b, x);
+        break;
+    case V_BOOL:
+        if (json_is_true(x))
+            TR_JSONW_LIT(b, "true");
+        else
+            TR_JSONW_LIT(b, "false");
+        break;
+    case V_INT:
+    case V_DOUBLE:
+        put_number(b, kind, x);
+        break;
+    case V_KVLIST:
+        put_kv_list(b, json_object_get(x, "values"), NULL, depth);
+        break;
+    case V_ARRAY:
+        put_array(b, json_object_get(x, "values"), depth);
+        break;
+    default:
+        TR_JSONW_LIT(b, "null");
+    }
+}
+
+/* The value a KeyValue list ends up with for `key` (its last entry), or NULL. */
+static json_t *kv_get(json_t *list, const kv_items_t *it, const char *key)
+{
+    json_t *found = NULL;
+    if (it) {
+        for (size_t i = 0; i < it->n; i++)
+            if (!strcmp(it->key[i], key)) found = it->kv[i];
+    } else {
+        size_t i;
+        json_t *kv;
+        json_array_foreach(list, i, kv)
+        {
+            const char *k = kv_key(kv);
+            if (k && !strcmp(k, key)) found = kv;
+        }
+    }
+    return json_object_get(found, "value");
+}
+
+/* The text of a string AnyValue (stringValue or bytesValue), or NULL. */
+static const char *any_string(json_t *v)
+{
+    json_t *x;
+    vkind_t kind = json_is_object(v) ? any_kind(v, &x) : V_NONE;
+    return kind == V_STRING || kind == V_BYTES ? json_string_value(x) : NULL;
+}
+
+/* A string attribute value, or the first element of a string array (header semconv). */
+static const char *attr_string(json_t *list, const kv_items_t *it, const char *key)
+{
+    json_t *x, *v = kv_get(list, it, key);
+    vkind_t kind = json_is_object(v) ? any_kind(v, &x) : V_NONE;
+    if (kind == V_ARRAY) return any_string(json_array_get(json_object_get(x, "values"), 0));
+    return kind == V_STRING || kind == V_BYTES ? json_string_value(x) : NULL;
 }
 
 static uint64_t time_ns(json_t *v)
@@ -137,23 +320,23 @@ static bool decode_id(json_t *v, uint8_t *out, size_t n, bool optional)
     return tr__hex_decode(s, strlen(s), out, n) && (optional || !tr__id_is_zero(out, n));
 }
 
-static json_t *events_of(json_t *events)
+static void put_events(tr_buf_t *b, json_t *events)
 {
-    json_t *arr = json_array(), *e;
+    json_t *e;
     size_t i;
+    TR_JSONW_LIT(b, "[");
     json_array_foreach(events, i, e)
     {
-        json_t *o = json_object();
-        const char *name = json_string_value(json_object_get(e, "name"));
-        char t[24];
-        snprintf(t, sizeof(t), "%llu",
-                 (unsigned long long)time_ns(json_object_get(e, "timeUnixNano")));
-        json_object_set_new(o, "name", json_string(name ? name : ""));
-        json_object_set_new(o, "timeUnixNano", json_string(t));
-        json_object_set_new(o, "attributes", kv_list(json_object_get(e, "attributes"), 0));
-        json_array_append_new(arr, o);
+        if (i) TR_JSONW_LIT(b, ",");
+        TR_JSONW_LIT(b, "{\"name\":");
+        tr_jsonw_cstr(b, json_string_value(json_object_get(e, "name")));
+        TR_JSONW_LIT(b, ",\"timeUnixNano\":\"");
+        tr_jsonw_u64(b, time_ns(json_object_get(e, "timeUnixNano")));
+        TR_JSONW_LIT(b, "\",\"attributes\":");
+        put_kv_list(b, json_object_get(e, "attributes"), NULL, 0);
+        TR_JSONW_LIT(b, "}");
     }
-    return arr;
+    TR_JSONW_LIT(b, "]");
 }
 
 static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
@@ -194,45 +377,56 @@ static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
     if (f.end_ns < f.start_ns) f.end_ns = f.start_ns;
     f.recv_ms = c->now_ms;
 
-    json_t *attrs = kv_list(json_object_get(sp, "attributes"), 0);
-    const char *corr = attr_string(attrs, "correlation_id");
-    if (!corr) corr = attr_string(attrs, "http.request.header.x-correlation-id");
+    json_t *attrs = json_object_get(sp, "attributes");
+    kv_items_t items, *it = kv_collect(attrs, &items) ? &items : NULL;
+    const char *corr = attr_string(attrs, it, "correlation_id");
+    if (!corr) corr = attr_string(attrs, it, "http.request.header.x-correlation-id");
     tr_buf_t *d = &c->detail;
     tr_buf_reset(d);
-    tr_buf_append_str(d, "{\"attributes\":");
-    dump_into(d, attrs);
+    TR_JSONW_LIT(d, "{\"attributes\":");
+    put_kv_list(d, attrs, it, 0);
     json_t *events = json_object_get(sp, "events");
     if (json_is_array(events) && json_array_size(events)) {
-        json_t *ev = events_of(events);
-        tr_buf_append_str(d, ",\"events\":");
-        dump_into(d, ev);
-        json_decref(ev);
+        TR_JSONW_LIT(d, ",\"events\":");
+        put_events(d, events);
     }
-    tr_buf_append_str(d, ",\"resource\":");
+    TR_JSONW_LIT(d, ",\"resource\":");
     tr_buf_append(d, c->resource.data, c->resource.len);
-    tr_buf_append_str(d, ",\"scope\":");
+    TR_JSONW_LIT(d, ",\"scope\":");
     tr_buf_append(d, c->scope.data, c->scope.len);
-    tr_buf_append_str(d, "}");
+    TR_JSONW_LIT(d, "}");
     const char *name = json_string_value(json_object_get(sp, "name"));
     tr__span_batch_add(c->out, tr__cspan_new(&f, c->service, name, corr,
                                              json_string_value(json_object_get(status, "message")),
                                              tr_buf_cstr(d)));
-    json_decref(attrs);
 }
 
 static void set_scope(otlp_ctx_t *c, json_t *scope)
 {
-    json_t *o = json_object();
+    tr_buf_t *b = &c->scope;
     const char *name = json_string_value(json_object_get(scope, "name"));
     const char *version = json_string_value(json_object_get(scope, "version"));
-    if (name) json_object_set_new(o, "name", json_string(name));
-    if (version) json_object_set_new(o, "version", json_string(version));
+    const char *sep = "";
+    tr_buf_reset(b);
+    TR_JSONW_LIT(b, "{");
+    if (name) {
+        TR_JSONW_LIT(b, "\"name\":");
+        tr_jsonw_cstr(b, name);
+        sep = ",";
+    }
+    if (version) {
+        tr_buf_append_str(b, sep);
+        TR_JSONW_LIT(b, "\"version\":");
+        tr_jsonw_cstr(b, version);
+        sep = ",";
+    }
     json_t *attrs = json_object_get(scope, "attributes");
-    if (json_is_array(attrs) && json_array_size(attrs))
-        json_object_set_new(o, "attributes", kv_list(attrs, 0));
-    tr_buf_reset(&c->scope);
-    dump_into(&c->scope, o);
-    json_decref(o);
+    if (json_is_array(attrs) && json_array_size(attrs)) {
+        tr_buf_append_str(b, sep);
+        TR_JSONW_LIT(b, "\"attributes\":");
+        put_kv_list(b, attrs, NULL, 0);
+    }
+    TR_JSONW_LIT(b, "}");
 }
 
 static int decode_resource_spans(otlp_ctx_t *c, json_t *rs, size_t *index, char *err, size_t errlen)
@@ -241,14 +435,13 @@ static int decode_resource_spans(otlp_ctx_t *c, json_t *rs, size_t *index, char 
         snprintf(err, errlen, "resourceSpans[] entries must be objects");
         return TR_EPARSE;
     }
-    json_t *rattrs = kv_list(json_object_get(json_object_get(rs, "resource"), "attributes"), 0);
-    const char *svc = json_string_value(json_object_get(rattrs, "service.name"));
+    json_t *rattrs = json_object_get(json_object_get(rs, "resource"), "attributes");
+    const char *svc = any_string(kv_get(rattrs, NULL, "service.name"));
     tr_buf_t service = TR_BUF_INIT;
     tr_buf_append_str(&service, svc && *svc ? svc : "unknown_service");
     c->service = tr_buf_cstr(&service);
     tr_buf_reset(&c->resource);
-    dump_into(&c->resource, rattrs);
-    json_decref(rattrs);
+    put_kv_list(&c->resource, rattrs, NULL, 0);
     json_t *scopes = json_object_get(rs, "scopeSpans");
     if (!scopes) scopes = json_object_get(rs, "instrumentationLibrarySpans"); /* before 1.0 */
     size_t i;
@@ -280,8 +473,10 @@ int tr_ingest_otlp(const char *body, size_t len, uint64_t now_ms, tr_span_batch_
                    size_t errlen)
 {
     json_error_t jerr;
-    json_t *doc = json_loadb(body, len, 0, &jerr);
+    /* The tree lives in this thread's JSON arena: each reset below takes it back whole. */
+    json_t *doc = tr_json_arena_loadb(body, len, &jerr);
     if (!doc) {
+        tr_json_arena_reset();
         snprintf(err, errlen, "the body is not JSON: %s (line %d, column %d)", jerr.text, jerr.line,
                  jerr.column);
         return TR_EPARSE;
@@ -290,7 +485,7 @@ int tr_ingest_otlp(const char *body, size_t len, uint64_t now_ms, tr_span_batch_
     if (!json_is_object(doc) || (rss && !json_is_array(rss))) {
         snprintf(err, errlen,
                  "expected an OTLP ExportTraceServiceRequest: {\"resourceSpans\": [...]}");
-        json_decref(doc);
+        tr_json_arena_reset();
         return TR_EPARSE;
     }
     otlp_ctx_t c = {.out = out, .now_ms = now_ms};
@@ -305,7 +500,7 @@ int tr_ingest_otlp(const char *body, size_t len, uint64_t now_ms, tr_span_batch_
     tr_buf_free(&c.resource);
     tr_buf_free(&c.scope);
     tr_buf_free(&c.detail);
-    json_decref(doc);
+    tr_json_arena_reset();
     if (rc) tr__span_batch_free(out);
     return rc;
 }

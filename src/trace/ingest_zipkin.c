@@ -2,6 +2,7 @@
 #include "trace/ingest.h"
 
 #include "core/buf.h"
+#include "core/json_arena.h"
 #include "trellis/error.h"
 #include "trellis/trace.h"
 
@@ -147,15 +148,17 @@ int tr_ingest_zipkin(const char *body, size_t len, uint64_t now_ms, tr_span_batc
                      size_t errlen)
 {
     json_error_t jerr;
-    json_t *doc = json_loadb(body, len, 0, &jerr);
+    /* The tree lives in this thread's JSON arena: each reset below takes it back whole. */
+    json_t *doc = tr_json_arena_loadb(body, len, &jerr);
     if (!doc) {
+        tr_json_arena_reset();
         snprintf(err, errlen, "the body is not JSON: %s (line %d, column %d)", jerr.text, jerr.line,
                  jerr.column);
         return TR_EPARSE;
     }
     if (!json_is_array(doc)) {
         snprintf(err, errlen, "expected a Zipkin v2 JSON list of spans: [{\"traceId\": ...}]");
-        json_decref(doc);
+        tr_json_arena_reset();
         return TR_EPARSE;
     }
     tr_buf_t d = TR_BUF_INIT;
@@ -168,7 +171,7 @@ int tr_ingest_zipkin(const char *body, size_t len, uint64_t now_ms, tr_span_batc
         if (rc) break;
     }
     tr_buf_free(&d);
-    json_decref(doc);
+    tr_json_arena_reset();
     if (rc) tr__span_batch_free(out);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* Span records: copying a span into a fixed-size slot, and writing records as OTLP JSON. */
 #include "trace/otlp_encode.h"
 
+#include "core/jsonw.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -113,118 +115,29 @@ void tr__span_rec_copy(tr__span_rec_t *r, const tr_span_t *span)
 
 #define PUT(out, lit) tr_buf_append((out), (lit), sizeof(lit) - 1)
 
-static const char hexdig[] = "0123456789abcdef";
-
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 when invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF)
-        len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4)
-        len = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < len) return 0;
-    unsigned cp = c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
-void tr__json_str(tr_buf_t *out, const char *str, size_t len)
-{
-    /* Worst case: every byte becomes "\u00XX" (6) or U+FFFD (3). */
-    tr_buf_reserve(out, len * 6 + 2);
-    char *o = out->data + out->len;
-    const unsigned char *s = (const unsigned char *)str;
-    *o++ = '"';
-    for (size_t i = 0; i < len;) {
-        unsigned c = s[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            i++;
-        } else if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-            i++;
-        } else if (c < 0x20) {
-            const char *esc = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
-            if (esc) {
-                memcpy(o, esc, 2);
-                o += 2;
-            } else {
-                memcpy(o, "\\u00", 4);
-                o[4] = hexdig[c >> 4];
-                o[5] = hexdig[c & 15];
-                o += 6;
-            }
-            i++;
-        } else {
-            size_t n = utf8_seq(s + i, len - i);
-            if (n == 0) {
-                memcpy(o, "\xEF\xBF\xBD", 3);
-                o += 3;
-                i++;
-            } else {
-                memcpy(o, s + i, n);
-                o += n;
-                i += n;
-            }
-        }
-    }
-    *o++ = '"';
-    out->len = (size_t)(o - out->data);
-}
-
 static void put_hex(tr_buf_t *out, const uint8_t *id, size_t n)
 {
-    tr_buf_reserve(out, 2 * n + 3);
-    char *o = out->data + out->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        *o++ = hexdig[id[i] >> 4];
-        *o++ = hexdig[id[i] & 15];
-    }
-    *o++ = '"';
-    out->len = (size_t)(o - out->data);
+    tr_jsonw_hex(out, id, n);
 }
 
-/* A 64-bit integer as a quoted decimal string, as the OTLP JSON mapping writes them. */
-static void put_int_str(tr_buf_t *out, uint64_t mag, bool neg)
-{
-    char tmp[24];
-    int i = (int)sizeof(tmp);
-    tmp[--i] = '"';
-    do {
-        tmp[--i] = (char)('0' + mag % 10);
-        mag /= 10;
-    } while (mag);
-    if (neg) tmp[--i] = '-';
-    tmp[--i] = '"';
-    tr_buf_append(out, tmp + i, sizeof(tmp) - (size_t)i);
-}
-
+/* 64-bit integers as quoted decimal strings, as the OTLP JSON mapping writes them. */
 static void put_u64_str(tr_buf_t *out, uint64_t v)
 {
-    put_int_str(out, v, false);
+    PUT(out, "\"");
+    tr_jsonw_u64(out, v);
+    PUT(out, "\"");
 }
 
 static void put_i64_str(tr_buf_t *out, int64_t v)
 {
-    put_int_str(out, v < 0 ? 0 - (uint64_t)v : (uint64_t)v, v < 0);
+    PUT(out, "\"");
+    tr_jsonw_i64(out, v);
+    PUT(out, "\"");
 }
 
 static void put_str(tr_buf_t *out, const tr__span_rec_t *r, tr__str_t s)
 {
-    tr__json_str(out, r->text + s.off, s.len);
+    tr_jsonw_str(out, r->text + s.off, s.len);
 }
 
 static void put_double(tr_buf_t *out, double d)
@@ -334,7 +247,7 @@ static void put_resource(tr_buf_t *out, const tr__span_rec_t *first, const char 
     if (first->service.len)
         put_str(out, first, first->service);
     else
-        tr__json_str(out, def_service, strlen(def_service));
+        tr_jsonw_str(out, def_service, strlen(def_service));
     PUT(out, "}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"trellis\",\"version\":\"" TR_VERSION
              "\"},\"spans\":[");
 }

@@ -60,8 +60,4 @@ void tr__span_rec_copy(tr__span_rec_t *rec, const tr_span_t *span);
 void tr__otlp_encode(const tr__span_rec_t *const *recs, size_t n, const char *def_service,
                      tr_buf_t *out);
 
-/* Appends `s` as a JSON string (quotes included), escaping as RFC 8259 requires and
- * replacing invalid UTF-8 with U+FFFD. */
-void tr__json_str(tr_buf_t *out, const char *s, size_t len);
-
 #endif

@@ -284,9 +284,12 @@ static tr_cspan_t *span_get(tr_tracestore_t *st, const uint8_t trace_id[16], con
 {
     size_t pos = 0;
     tr_cspan_t *sp, *found = NULL;
-    while ((sp = tr__idmap_next(&st->spans, span_key(trace_id, id), &pos))) {
+    uint64_t key = span_key(trace_id, id);
+    while ((sp = tr__idmap_next(&st->spans, key, &pos))) {
         if (memcmp(sp->trace_id, trace_id, 16) || memcmp(sp->span_id, id, 8)) continue;
-        if (!found || sp->kind == TR_SPAN_SERVER) found = sp;
+        /* Ids repeat (retries, resent batches): stop at the first SERVER, not the last. */
+        if (sp->kind == TR_SPAN_SERVER) return sp;
+        if (!found) found = sp;
     }
     return found;
 }

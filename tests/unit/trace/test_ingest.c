@@ -221,6 +221,62 @@ static void test_hex(void **state)
     assert_string_equal(out, "00ffa0b1c2d3e4f5");
 }
 
+/*
+ * `detail` is written straight from the request: a repeated key keeps its first place and
+ * its last value, in short and long lists; AnyValue precedence, events, resource, scope.
+ */
+static void test_otlp_detail_text(void **state)
+{
+    (void)state;
+    tr_span_batch_t b;
+    char err[256];
+    static const char body[] =
+        "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{"
+        "\"bytesValue\":\"c3Zj\"}},{\"key\":\"r\",\"value\":{\"arrayValue\":{\"values\":[{\"intVa"
+        "lue\":5},{\"doubleValue\":\"NaN\"},{\"kvlistValue\":{\"values\":[{\"key\":\"x\",\"value\""
+        ":{\"boolValue\":true}}]}}]}}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"lib\",\"version\""
+        ":\"1\",\"attributes\":[{\"key\":\"s\",\"value\":{\"stringValue\":\"t\\n\\u0001é\"}}]},\""
+        "spans\":[{\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060708"
+        "\",\"name\":\"n\",\"attributes\":[{\"key\":\"a\",\"value\":{\"stringValue\":\"1\"}},{\"k"
+        "ey\":\"b\",\"value\":{\"intValue\":\"-7\"}},{\"key\":\"a\",\"value\":{\"doubleValue\":2}"
+        "},{\"key\":\"c\",\"value\":{\"doubleValue\":0.1}},{\"key\":\"d\",\"value\":{}},{\"key\":"
+        "\"e\",\"value\":{\"boolValue\":false,\"stringValue\":\"wins\"}},{\"value\":{\"stringValu"
+        "e\":\"nokey\"}},{\"key\":\"http.request.header.x-correlation-id\",\"value\":{\"arrayValu"
+        "e\":{\"values\":[{\"stringValue\":\"corr-1\"}]}}}],\"events\":[{\"name\":\"ev\",\"timeUn"
+        "ixNano\":\"123\",\"attributes\":[{\"key\":\"k\",\"value\":{\"intValue\":1}}]},{\"x\":1}]"
+        "},{\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060709\",\"na"
+        "me\":\"big\",\"attributes\":[{\"key\":\"k0\",\"value\":{\"intValue\":0}},{\"key\":\"k1\""
+        ",\"value\":{\"intValue\":1}},{\"key\":\"k2\",\"value\":{\"intValue\":2}},{\"key\":\"k3\""
+        ",\"value\":{\"intValue\":3}},{\"key\":\"k4\",\"value\":{\"intValue\":4}},{\"key\":\"k5\""
+        ",\"value\":{\"intValue\":5}},{\"key\":\"k6\",\"value\":{\"intValue\":6}},{\"key\":\"k7\""
+        ",\"value\":{\"intValue\":7}},{\"key\":\"k8\",\"value\":{\"intValue\":8}},{\"key\":\"k9\""
+        ",\"value\":{\"intValue\":9}},{\"key\":\"k10\",\"value\":{\"intValue\":10}},{\"key\":\"k1"
+        "1\",\"value\":{\"intValue\":11}},{\"key\":\"k12\",\"value\":{\"intValue\":12}},{\"key\":"
+        "\"k1\",\"value\":{\"intValue\":100}},{\"key\":\"k14\",\"value\":{\"intValue\":14}},{\"ke"
+        "y\":\"k15\",\"value\":{\"intValue\":15}},{\"key\":\"correlation_id\",\"value\":{\"string"
+        "Value\":\"cid\"}},{\"key\":\"k0\",\"value\":{\"stringValue\":\"last\"}}]}]}]}]}";
+    assert_int_equal(otlp(body, &b, err), 0);
+    assert_int_equal(b.n, 2);
+    assert_string_equal(b.spans[0]->service, "c3Zj");
+    assert_string_equal(b.spans[0]->correlation_id, "corr-1");
+    assert_string_equal(
+        b.spans[0]->detail,
+        "{\"attributes\":{\"a\":2.0,\"b\":-7,\"c\":0.10000000000000001,\"d\":null,\"e\":\"wins\","
+        "\"http.request.header.x-correlation-id\":[\"corr-1\"]},\"events\":[{\"name\":\"ev\",\"ti"
+        "meUnixNano\":\"123\",\"attributes\":{\"k\":1}},{\"name\":\"\",\"timeUnixNano\":\"0\",\"a"
+        "ttributes\":{}}],\"resource\":{\"service.name\":\"c3Zj\",\"r\":[5,\"NaN\",{\"x\":true}]}"
+        ",\"scope\":{\"name\":\"lib\",\"version\":\"1\",\"attributes\":{\"s\":\"t\\n\\u0001é\"}}}");
+    assert_string_equal(b.spans[1]->correlation_id, "cid");
+    assert_string_equal(
+        b.spans[1]->detail,
+        "{\"attributes\":{\"k0\":\"last\",\"k1\":100,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6"
+        ",\"k7\":7,\"k8\":8,\"k9\":9,\"k10\":10,\"k11\":11,\"k12\":12,\"k14\":14,\"k15\":15,\"cor"
+        "relation_id\":\"cid\"},\"resource\":{\"service.name\":\"c3Zj\",\"r\":[5,\"NaN\",{\"x\":t"
+        "rue}]},\"scope\":{\"name\":\"lib\",\"version\":\"1\",\"attributes\":{\"s\":\"t\\n\\u0001"
+        "é\"}}}");
+    tr__span_batch_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -229,6 +285,7 @@ int main(void)
         cmocka_unit_test(test_otlp_semconv_correlation_header),
         cmocka_unit_test(test_otlp_partial_rejects),
         cmocka_unit_test(test_otlp_malformed),
+        cmocka_unit_test(test_otlp_detail_text),
         cmocka_unit_test(test_zipkin_batch),
         cmocka_unit_test(test_zipkin_rejects_whole_batch),
         cmocka_unit_test(test_hex),
