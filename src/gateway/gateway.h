@@ -11,15 +11,15 @@
 typedef struct tr_gateway_s tr_gateway_t;
 
 typedef struct tr_gateway_options_s {
-    const char *config_path;  /* YAML or JSON file (required) */
-    const char *config_text;  /* the config itself (config_path then only names it in messages) */
+    const char *config_path; /* YAML or JSON file (required) */
+    const char *config_text; /* the config itself (config_path then only names it in messages) */
     /* Or a section of a tree loaded elsewhere (borrowed; it outlives the gateway). */
     struct tr_config_s *config_tree;
     struct json_t *config_root;
-    const char *listen;       /* overrides the file's `listen` */
-    const char *admin_listen; /* overrides `admin.listen`; "off" disables the admin listener */
-    int workers;              /* overrides `workers` (0: keep) */
-    tr_discovery_hub_t *hub;  /* in-process registry instead of `discovery.registry` */
+    const char *listen;          /* overrides the file's `listen` */
+    const char *admin_listen;    /* overrides `admin.listen`; "off" disables the admin listener */
+    int workers;                 /* overrides `workers` (0: keep) */
+    tr_discovery_hub_t *hub;     /* in-process registry instead of `discovery.registry` */
     const tr_span_sink_t *spans; /* where finished spans go (sampled requests); NULL: none */
     const char *service_name;    /* the spans' service.name ("gateway") */
     /* Also receives each batch of access-log lines (complete JSON lines), from any worker. */

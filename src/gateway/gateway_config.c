@@ -850,8 +850,7 @@ int gw_config_load(const char *path, const char *text, gw_config_t **out, char *
     return compile(path, cfg, tr_config_root(cfg), true, out, err, errlen);
 }
 
-int gw_config_load_tree(tr_config_t *cfg, json_t *root, gw_config_t **out, char *err,
-                        size_t errlen)
+int gw_config_load_tree(tr_config_t *cfg, json_t *root, gw_config_t **out, char *err, size_t errlen)
 {
     *out = NULL;
     if (!json_is_object(root)) {
