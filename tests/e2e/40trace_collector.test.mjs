@@ -13,7 +13,7 @@ import { BIN, SANITIZED, ms, sleep, withDeadline } from './lib/trellis.mjs';
 import { startCollector } from './lib/collector.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const OTLP_EXAMPLE = path.resolve(here, '../../../shared/data/otlp/trace.json');
+const OTLP_EXAMPLE = path.resolve(here, '../data/otlp-trace.json');
 const run = promisify(execFile);
 
 const hex = (n, len) => n.toString(16).padStart(len, '0');

@@ -42,7 +42,7 @@ static void test_otlp_example(void **state)
     (void)state;
     tr_span_batch_t b;
     char err[256];
-    assert_int_equal(otlp(read_file(TR_SOURCE_DIR "/../shared/data/otlp/trace.json"), &b, err), 0);
+    assert_int_equal(otlp(read_file(TR_SOURCE_DIR "/tests/data/otlp-trace.json"), &b, err), 0);
     assert_int_equal(b.n, 1);
     assert_int_equal(b.rejected, 0);
     tr_cspan_t *s = b.spans[0];
