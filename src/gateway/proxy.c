@@ -501,13 +501,16 @@ static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_he
     tr_attr_t attrs[8];
     size_t n = 0;
     attrs[n++] = (tr_attr_t){"http.request.method", TR_ATTR_STRING, {.s = x->method}};
-    attrs[n++] = (tr_attr_t){"url.path", TR_ATTR_STRING, {.s = x->path}};
-    attrs[n++] = (tr_attr_t){"correlation_id", TR_ATTR_STRING, {.s = x->corr}};
-    if (x->route) attrs[n++] = (tr_attr_t){"http.route", TR_ATTR_STRING, {.s = x->route->name}};
-    if (x->up)
-        attrs[n++] = (tr_attr_t){"trellis.upstream", TR_ATTR_STRING, {.s = x->up->cfg->name}};
-    if (kind == TR_SPAN_CLIENT)
+    if (kind == TR_SPAN_SERVER) {
+        /* What the request was; its client spans (children) don't repeat it. */
+        attrs[n++] = (tr_attr_t){"url.path", TR_ATTR_STRING, {.s = x->path}};
+        attrs[n++] = (tr_attr_t){"correlation_id", TR_ATTR_STRING, {.s = x->corr}};
+        if (x->route) attrs[n++] = (tr_attr_t){"http.route", TR_ATTR_STRING, {.s = x->route->name}};
+    } else {
         attrs[n++] = (tr_attr_t){"server.address", TR_ATTR_STRING, {.s = x->endpoint}};
+        if (x->up)
+            attrs[n++] = (tr_attr_t){"trellis.upstream", TR_ATTR_STRING, {.s = x->up->cfg->name}};
+    }
     if (status) attrs[n++] = (tr_attr_t){"http.response.status_code", TR_ATTR_INT, {.i = status}};
     if (error) attrs[n++] = (tr_attr_t){"trellis.error", TR_ATTR_STRING, {.s = error}};
     tr_span_t sp = {.name = kind == TR_SPAN_SERVER ? (x->route ? x->route->name : x->method)

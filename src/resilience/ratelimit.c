@@ -2,6 +2,7 @@
 #include "trellis/ratelimit.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
@@ -99,6 +100,19 @@ static uint64_t load_le64(const uint8_t *p)
  * One MAC context per thread, made on first use: EVP_MAC_init with a key and then
  * update/final do not allocate, so the per-request cost is the hash alone.
  */
+static pthread_key_t mac_key;
+static pthread_once_t mac_once = PTHREAD_ONCE_INIT;
+
+static void mac_free(void *ctx)
+{
+    EVP_MAC_CTX_free(ctx);
+}
+
+static void mac_key_init(void)
+{
+    if (pthread_key_create(&mac_key, mac_free) != 0) abort();
+}
+
 static void siphash128(const uint8_t key[16], const uint8_t *in, size_t len, uint64_t out[2])
 {
     static __thread EVP_MAC_CTX *ctx;
@@ -107,6 +121,9 @@ static void siphash128(const uint8_t key[16], const uint8_t *in, size_t len, uin
         ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
         EVP_MAC_free(mac);
         if (!ctx) abort(); /* OpenSSL 3 always has SipHash in its default provider */
+        /* Freed when the thread exits. */
+        pthread_once(&mac_once, mac_key_init);
+        pthread_setspecific(mac_key, ctx);
     }
     size_t size = 16, outl = 0;
     OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
