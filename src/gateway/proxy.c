@@ -41,6 +41,7 @@ typedef struct gw_exchange_s {
     tr_endpoint_t *ep;
     tr_breaker_ticket_t ticket, route_ticket;
     bool has_ticket, has_route_ticket, has_bulkhead, has_budget, retry_slot, fell_back;
+    bool client_gone;
     gw_shared_t *limits; /* the first upstream's bulkhead and retry budget */
     gw_timer_t *total, *try_timer, *backoff;
     uint32_t attempts;
@@ -763,11 +764,23 @@ static void schedule_retry(gw_exchange_t *x, const tr_retry_outcome_t *o)
     uv_timer_start(&x->backoff->t, on_backoff, delay, 0);
 }
 
+static void cancel_tickets(gw_exchange_t *x);
+
 static void on_up_complete(tr_http_client_req_t *creq, int err)
 {
     gw_exchange_t *x = tr_http_client_req_data(creq);
     x->creq = NULL;
     release_attempt_state(x);
+    if (err == TR_ECANCELED && x->client_gone && !x->try_timed_out && !x->total_timed_out) {
+        /* We cancelled because the client left: that says nothing about the upstream, so
+         * neither the breakers nor outlier detection hear of it. */
+        cancel_tickets(x);
+        if (x->ep) tr_discovery_done(x->ep);
+        x->ep = NULL;
+        if (x->retry_slot && x->attempts > 1) tr_retry_budget_retry_end(&x->limits->budget);
+        finish(x);
+        return;
+    }
     out_kind_t kind = err ? classify(x, creq, err) : OUT_OK;
     record(x, kind, err ? 0 : (x->discard ? x->pending.status : x->status));
     if (!x->req) { /* the client went away */
@@ -960,6 +973,7 @@ static void on_req_abort(tr_http_req_t *req)
 {
     gw_exchange_t *x = req->data;
     x->req = NULL;
+    x->client_gone = true;
     if (!x->error) x->error = "client_closed";
     if (x->creq) tr_http_client_cancel(x->creq);
     finish(x);

@@ -52,6 +52,9 @@ before(async () => {
         },
       },
       bh: { endpoints: [`127.0.0.1:${echoS.port}`], bulkhead: { max_requests: 2 } },
+      cbok: { endpoints: [`127.0.0.1:${echoS.port}`],
+        circuit_breaker: { consecutive_failures: 3, open: '30s' },
+        outlier_detection: { consecutive_5xx: 3, consecutive_gateway_failure: 3 } },
       // Discovered, but no registry answers: never an endpoint.
       nowhere: { service: 'nowhere' },
     },
@@ -79,6 +82,7 @@ before(async () => {
       { name: 'cb-nofb', match: { prefix: '/nofb' }, strip_prefix: true, upstream: 'cb', retry: { attempts: 1 } },
       { name: 'od', match: { prefix: '/od' }, strip_prefix: true, upstream: 'od', retry: { attempts: 1 } },
       { name: 'bh', match: { prefix: '/bh' }, strip_prefix: true, upstream: 'bh', retry: { attempts: 1 } },
+      { name: 'cbok', match: { prefix: '/cbok' }, strip_prefix: true, upstream: 'cbok', retry: { attempts: 1 } },
       { name: 'fb-up', match: { prefix: '/fbup' }, strip_prefix: true, upstream: 'nowhere',
         fallback: { upstream: 'single' } },
     ],
@@ -97,6 +101,17 @@ after(async () => {
 
 const statusCount = () => echoCount(echoS, 'status');
 const delayCount = () => echoCount(echoS, 'delay');
+
+test('clients that hang up are not upstream failures: the breaker stays closed', T, async () => {
+  // Five clients give up on slow requests; the gateway cancels those upstream requests,
+  // which must not count against the (healthy) upstream.
+  const gone = await Promise.all([0, 1, 2, 3, 4].map(() =>
+    request(gw.port, '/cbok/delay/1500', { timeout: 150 }).catch((e) => ({ error: e }))));
+  assert.ok(gone.every((r) => r.error), 'the clients gave up');
+  await sleep(200);
+  const r = await request(gw.port, '/cbok/echo');
+  assert.equal(r.status, 200, `after clients hung up the upstream still serves: ${r.status} ${r.headers['x-trellis-error'] || ''}`);
+});
 
 test('fallback to another upstream: no endpoint for the route\'s upstream → the fallback upstream answers', T, async () => {
   const r = await request(gw.port, '/fbup/echo');
