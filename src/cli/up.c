@@ -76,12 +76,9 @@ typedef struct up_s {
     int stop_next; /* reverse start order: the next service to stop */
     /* gateway (every worker) */
     tr_gateway_t *gw;
-    char *gateway_text;
     tr_exporter_t *exporter;
     tr_span_sink_t sink;
 } up_t;
-
-static up_t *g_up;
 
 /* ---- registration: ready instances go into the registry, others leave it */
 
@@ -646,7 +643,6 @@ static int open_gateway(up_t *up, const char *listen, int workers, char *err, si
 {
     const json_t *inline_cfg = tr_topology_gateway(up->topo);
     const char *file = tr_topology_gateway_file(up->topo);
-    json_t *empty = NULL;
     tr_gateway_options_t go = {.config_path = file ? file : up->topology_path,
                                .hub = up->hub,
                                .listen = listen,
@@ -662,7 +658,6 @@ static int open_gateway(up_t *up, const char *listen, int workers, char *err, si
         go.config_text = "{}"; /* no gateway section: every default, no routes */
     }
     int e = tr_gateway_open(&go, &up->gw, err, errlen);
-    json_decref(empty);
     if (e) return e;
     tr_exporter_options_t eo;
     const tr_exporter_options_t *tracing = tr_gateway_tracing(up->gw);
@@ -851,7 +846,6 @@ int tr_cmd_up(int argc, char **argv)
     build_services(&up);
     up.tty = isatty(STDERR_FILENO) && !getenv("NO_COLOR");
     tr_metrics_register_process(tr_metrics_default());
-    g_up = &up;
     tr_runtime_options_t ro = {.workers = tr_gateway_workers(up.gw),
                                .grace_ms = grace,
                                .on_start = on_worker_start,
@@ -865,7 +859,6 @@ out:
     if (up.gw) tr_gateway_close(up.gw);
     if (up.logs) tr_logs_close(up.logs);
     free_services(&up);
-    free(up.gateway_text);
     tr_discovery_hub_free(up.hub);
     tr_topology_free(up.topo);
     return rc;

@@ -243,10 +243,6 @@ gw_config_t *gw_current_config(tr_gateway_t *gw)
 
 /* ---- JWKS (worker 0 runs the fetchers of the config it serves) */
 
-typedef struct jwks_ctx_s {
-    gw_jwt_t *jwt;
-} jwks_ctx_t;
-
 static void on_jwks_keys(tr_jwt_keyset_t *set, void *data)
 {
     gw_jwt_t *j = data;

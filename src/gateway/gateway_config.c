@@ -316,8 +316,6 @@ static int compile_fallback(tr_config_t *cfg, gw_config_t *c, const json_t *o, g
     return 0;
 }
 
-static const char *const rl_keys[] = {"route", "subject", "client_ip", NULL};
-
 static int compile_rate_limit(tr_config_t *cfg, const json_t *o, gw_route_t *r, json_t *out)
 {
     if (!o) return 0;
@@ -339,7 +337,6 @@ static int compile_rate_limit(tr_config_t *cfg, const json_t *o, gw_route_t *r, 
         return tr_config_fail(
             cfg, o, "key", "expected route, subject, client_ip or header:<name>, got \"%s\"", key);
     }
-    (void)rl_keys;
     if (tr_ratelimit_init(&rl->bucket, &rl->cfg))
         return tr_config_fail(cfg, o, "rate", "the rate must allow at least one request");
     if (rl->key != GW_RL_KEY_ROUTE &&

@@ -208,7 +208,6 @@ struct gw_worker_s {
     int id;
     uv_loop_t *loop;
     tr_http_server_t *srv, *admin;
-    tr_http_client_t *client;
     tr_discovery_t *disc;
     gw_gen_t *gen;
     uv_async_t reload;

@@ -220,17 +220,15 @@ static bool route_removes(const gw_headers_t *ops, const char *name, size_t len)
     return false;
 }
 
+/* `bytes` random bytes from the worker's generator, as lowercase hex. */
 static void hex_id(gw_worker_t *wk, char *out, size_t bytes)
 {
-    static const char hex[] = "0123456789abcdef";
+    uint8_t raw[16];
     for (size_t i = 0; i < bytes; i += 8) {
         uint64_t r = gw_rand(wk);
-        for (size_t k = 0; k < 8 && i + k < bytes; k++, r >>= 8) {
-            out[2 * (i + k)] = hex[(r >> 4) & 15];
-            out[2 * (i + k) + 1] = hex[r & 15];
-        }
+        memcpy(raw + i, &r, bytes - i < 8 ? bytes - i : 8);
     }
-    out[2 * bytes] = '\0';
+    tr_trace_hex_encode(raw, bytes, out);
 }
 
 /*
@@ -479,14 +477,10 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Hex ids back to bytes; "" (no parent) reads as all zero. */
 static void unhex(const char *h, uint8_t *out, size_t bytes)
 {
-    static const int8_t v[256] = {
-        ['0'] = 0,  ['1'] = 1,  ['2'] = 2,  ['3'] = 3, ['4'] = 4,  ['5'] = 5,
-        ['6'] = 6,  ['7'] = 7,  ['8'] = 8,  ['9'] = 9, ['a'] = 10, ['b'] = 11,
-        ['c'] = 12, ['d'] = 13, ['e'] = 14, ['f'] = 15};
-    for (size_t i = 0; i < bytes; i++)
-        out[i] = h[0] ? (uint8_t)(v[(uint8_t)h[2 * i]] << 4 | v[(uint8_t)h[2 * i + 1]]) : 0;
+    if (!h[0] || tr_trace_hex_decode(h, bytes, out) < 0) memset(out, 0, bytes);
 }
 
 static bool tracing(const gw_exchange_t *x)
