@@ -14,8 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SWEEP_MS 1000
-#define FLUSH_MS 200
+#define SWEEP_MS         1000
+#define FLUSH_MS         200
+#define ACCESS_QUEUE_MAX (8u << 20) /* access-log bytes queued while a write is slow */
 
 /* ---- metrics */
 
@@ -297,19 +298,77 @@ void gw_jwks_unknown_kid(gw_worker_t *wk, gw_jwt_t *j)
 
 /* ---- access log */
 
+/* Lines not yet handed to the access sink (trellis up's log store) go there now. */
+static void access_sink(gw_worker_t *wk)
+{
+    if (wk->gw->o.access_sink && wk->access.len > wk->access_sunk)
+        wk->gw->o.access_sink(wk->gw->o.access_sink_data, wk->access.data + wk->access_sunk,
+                              wk->access.len - wk->access_sunk);
+    wk->access_sunk = wk->access.len;
+}
+
+static void access_write(gw_worker_t *wk);
+
+static void on_access_written(uv_fs_t *req)
+{
+    gw_worker_t *wk = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    wk->access_off += n > 0 ? (size_t)n : 0;
+    /* A full disk or closed pipe loses log lines, never requests. */
+    if (n > 0 && wk->access_off < wk->access_out.len) {
+        access_write(wk);
+        return;
+    }
+    wk->access_out.len = wk->access_off = 0;
+    wk->access_busy = false;
+}
+
+/* The write runs on libuv's threadpool: a slow disk or an unread pipe never stalls the loop. */
+static void access_write(gw_worker_t *wk)
+{
+    uv_buf_t b = uv_buf_init(wk->access_out.data + wk->access_off,
+                             (unsigned)(wk->access_out.len - wk->access_off));
+    wk->access_req.data = wk;
+    wk->access_busy = true;
+    if (uv_fs_write(wk->loop, &wk->access_req, wk->gw->access_fd, &b, 1, -1, on_access_written))
+        wk->access_busy = false, wk->access_out.len = wk->access_off = 0;
+}
+
 void gw_access_flush(gw_worker_t *wk)
 {
+    access_sink(wk);
+    if (wk->gw->access_fd < 0) {
+        wk->access.len = wk->access_sunk = 0;
+        return;
+    }
+    if (wk->access_busy) {
+        /* Still writing the last batch; keep queueing, but never without bound. */
+        if (wk->access.len > ACCESS_QUEUE_MAX) wk->access.len = wk->access_sunk = 0;
+        return;
+    }
+    if (!wk->access.len) return;
+    tr_buf_t t = wk->access_out;
+    wk->access_out = wk->access;
+    wk->access = t;
+    wk->access.len = wk->access_sunk = 0;
+    wk->access_off = 0;
+    access_write(wk);
+}
+
+/* After the loop ended (no write in flight): what is left, synchronously. */
+static void access_flush_final(gw_worker_t *wk)
+{
+    access_sink(wk);
     int fd = wk->gw->access_fd;
-    if (wk->access.len && wk->gw->o.access_sink)
-        wk->gw->o.access_sink(wk->gw->o.access_sink_data, wk->access.data, wk->access.len);
     size_t off = 0;
     while (fd >= 0 && off < wk->access.len) {
         ssize_t n = write(fd, wk->access.data + off, wk->access.len - off);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break; /* a full disk or closed pipe loses log lines, never requests */
+        if (n <= 0) break;
         off += (size_t)n;
     }
-    wk->access.len = 0;
+    wk->access.len = wk->access_sunk = 0;
 }
 
 static void on_flush(uv_timer_t *t)
@@ -466,6 +525,7 @@ int tr_gateway_worker_start(tr_gateway_t *gw, tr_worker_t *w)
     wk->loop = tr_worker_loop(w);
     wk->rng = (uv_hrtime() ^ ((uint64_t)(uintptr_t)wk << 16)) | 1;
     wk->access = (tr_buf_t)TR_BUF_INIT;
+    wk->access_out = (tr_buf_t)TR_BUF_INIT;
     wk->jwt_cache = tr_jwt_cache_new(4096);
     gw_config_t *cfg = gw_current_config(gw);
     tr_discovery_options_t dopt;
@@ -545,8 +605,9 @@ void tr_gateway_worker_stop(tr_gateway_t *gw, tr_worker_t *w, bool force)
 /* After the worker's loop ended: free what it owned. Runs on the worker's thread. */
 static void worker_free(gw_worker_t *wk)
 {
-    gw_access_flush(wk);
+    access_flush_final(wk);
     tr_buf_free(&wk->access);
+    tr_buf_free(&wk->access_out);
     tr_jwt_cache_free(wk->jwt_cache);
     while (wk->free_exchanges) {
         struct gw_exchange_s *x = wk->free_exchanges;

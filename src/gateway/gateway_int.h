@@ -215,7 +215,12 @@ struct gw_worker_s {
     struct gw_exchange_s *free_exchanges;
     uint64_t rng;
     tr_jwt_cache_t *jwt_cache;
-    tr_buf_t access; /* buffered access log lines */
+    tr_buf_t access;     /* buffered access log lines */
+    size_t access_sunk;  /* bytes of `access` already given to the access sink */
+    tr_buf_t access_out; /* the batch being written on the threadpool */
+    size_t access_off;
+    uv_fs_t access_req;
+    bool access_busy;
     uv_timer_t flush;
     uv_timer_t sweep;
     uv_fs_event_t watch_file;
