@@ -28,7 +28,8 @@ for tool in wrk taskset openssl node curl "$NGINX" "$HAPROXY" "$TRELLIS"; do
 done
 NCPU=$(nproc)
 SERVER_CPU=0                        # the proxy under test
-CLIENT_CPU=$(( NCPU > 1 ? 1 : 0 ))  # wrk and the backend
+CLIENT_CPU=$(( NCPU > 1 ? 1 : 0 ))  # wrk
+BACKEND_CPU=${BACKEND_CPU:-$CLIENT_CPU}
 
 WORK=$(mktemp -d /tmp/trellis-bench-gw.XXXXXX)
 PIDS=()
@@ -50,7 +51,7 @@ wait_http() {
 
 # ---- backend: trellis echo, GET / answers "hello\n"
 BACKEND_PORT=$(free_port)
-taskset -c $CLIENT_CPU "$TRELLIS" echo --listen 127.0.0.1:$BACKEND_PORT --workers 1 --log-level warn \
+taskset -c $BACKEND_CPU "$TRELLIS" echo --listen 127.0.0.1:$BACKEND_PORT --workers 1 --log-level warn \
   >"$WORK/backend.out" 2>&1 &
 BACKEND_PID=$!
 PIDS+=($BACKEND_PID)
@@ -276,7 +277,7 @@ for name in "${NAMES[@]}"; do
   [ $name = trellis-traced ] && label="chain, 100% traced"
   printf "%-18s %12.0f %10.3f %10.3f %12.2f %10s\n" "$label" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}" "${RSS[$name]}"
 done
-echo "(nginx RSS and CPU: master + worker summed; haproxy and trellis: one process. Backend: trellis echo, 1 worker, core $CLIENT_CPU with wrk; proxies on core $SERVER_CPU. Chain access log: $lines lines.)"
+echo "(nginx RSS and CPU: master + worker summed; haproxy and trellis: one process. Backend: trellis echo, 1 worker, core $BACKEND_CPU; wrk on core $CLIENT_CPU; proxies on core $SERVER_CPU. Chain access log: $lines lines.)"
 awk -v t="${RPS[trellis]}" -v n="${RPS[nginx]}" -v h="${RPS[haproxy]}" -v c="${RPS[trellis-chain]}" \
     -v tr="${RPS[trellis-traced]}" \
     -v tp="${P99[trellis]}" -v np="${P99[nginx]}" -v hp="${P99[haproxy]}" \

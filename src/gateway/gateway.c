@@ -230,6 +230,8 @@ void gw_gen_release(gw_gen_t *g)
     if (--wk->live_gens == 0 && wk->stopping) {
         tr_discovery_close(wk->disc, NULL);
         wk->disc = NULL;
+        tr_deadlines_close(wk->deadlines); /* no exchange is left to arm one */
+        wk->deadlines = NULL;
     }
 }
 
@@ -523,6 +525,7 @@ int tr_gateway_worker_start(tr_gateway_t *gw, tr_worker_t *w)
     wk->gw = gw;
     wk->id = tr_worker_id(w);
     wk->loop = tr_worker_loop(w);
+    wk->deadlines = tr_deadlines_new(wk->loop);
     wk->rng = (uv_hrtime() ^ ((uint64_t)(uintptr_t)wk << 16)) | 1;
     wk->access = (tr_buf_t)TR_BUF_INIT;
     wk->access_out = (tr_buf_t)TR_BUF_INIT;

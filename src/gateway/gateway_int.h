@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "core/buf.h"
+#include "core/deadline.h"
 #include "gateway/gateway.h"
 #include "gateway/jwt.h"
 #include "gateway/router.h"
@@ -212,6 +213,7 @@ struct gw_worker_s {
     gw_gen_t *gen;
     uv_async_t reload;
     gw_timer_t *free_timers;
+    tr_deadlines_t *deadlines; /* requests' total and per-try timeouts */
     struct gw_exchange_s *free_exchanges;
     uint64_t rng;
     tr_jwt_cache_t *jwt_cache;

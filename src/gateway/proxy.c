@@ -43,7 +43,8 @@ typedef struct gw_exchange_s {
     bool has_ticket, has_route_ticket, has_bulkhead, has_budget, retry_slot, fell_back;
     bool client_gone;
     gw_shared_t *limits; /* the first upstream's bulkhead and retry budget */
-    gw_timer_t *total, *try_timer, *backoff;
+    tr_deadline_t total, try_deadline;
+    gw_timer_t *backoff;
     uint32_t attempts;
     bool buffered, streaming, body_done, discard, try_timed_out, total_timed_out;
     tr_buf_t body;
@@ -63,7 +64,6 @@ typedef struct gw_exchange_s {
     char failed_id[64]; /* the endpoint the last attempt failed on: retries go elsewhere */
     char method[16];
     char path[256];
-    size_t path_len;
     const char *origin;
 } gw_exchange_t;
 
@@ -117,6 +117,15 @@ void gw_timer_drain(gw_worker_t *wk)
         wk->free_timers = t->next_free;
         uv_close((uv_handle_t *)&t->t, on_timer_closed);
     }
+}
+
+/* Copies at most cap-1 bytes of src[0..len) and terminates: snprintf("%s") without the
+ * format machinery, for the per-request copies. */
+static void copy_str(char *dst, size_t cap, const char *src, size_t len)
+{
+    if (len >= cap) len = cap - 1;
+    memcpy(dst, src, len);
+    dst[len] = '\0';
 }
 
 static gw_exchange_t *exchange_get(gw_worker_t *wk)
@@ -573,8 +582,7 @@ static void access_log(gw_exchange_t *x)
 
 static void release_attempt_state(gw_exchange_t *x)
 {
-    gw_timer_put(x->wk, x->try_timer);
-    x->try_timer = NULL;
+    tr_deadline_disarm(&x->try_deadline);
 }
 
 /* Ends the exchange once the client is answered (or gone) and nothing upstream is pending. */
@@ -582,10 +590,10 @@ static void finish(gw_exchange_t *x)
 {
     if (x->req || x->creq) return;
     gw_worker_t *wk = x->wk;
-    gw_timer_put(wk, x->total);
+    tr_deadline_disarm(&x->total);
     gw_timer_put(wk, x->backoff);
     release_attempt_state(x);
-    x->total = x->backoff = NULL;
+    x->backoff = NULL;
     if (x->has_bulkhead) tr_bulkhead_release(&x->limits->bulkhead, TR_BULKHEAD_REQUESTS);
     if (x->has_budget) tr_retry_budget_request_end(&x->limits->budget);
     if (x->route) {
@@ -718,7 +726,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         x->has_route_ticket = false;
     }
     if (x->ep) {
-        if (!ok) snprintf(x->failed_id, sizeof(x->failed_id), "%s", x->ep->id);
+        if (!ok) copy_str(x->failed_id, sizeof(x->failed_id), x->ep->id, strlen(x->ep->id));
         if (up->cfg->has_outlier) {
             static const tr_outlier_result_t map[] = {TR_OUTLIER_STATUS, TR_OUTLIER_CONNECT_FAILURE,
                                                       TR_OUTLIER_RESET, TR_OUTLIER_TIMEOUT};
@@ -823,16 +831,16 @@ static void on_up_drain(tr_http_client_req_t *creq)
     if (x->req) tr_http_req_resume(x->req);
 }
 
-static void on_try_timeout(uv_timer_t *t)
+static void on_try_timeout(tr_deadline_t *d)
 {
-    gw_exchange_t *x = t->data;
+    gw_exchange_t *x = d->data;
     x->try_timed_out = true;
     if (x->creq) tr_http_client_cancel(x->creq);
 }
 
-static void on_total_timeout(uv_timer_t *t)
+static void on_total_timeout(tr_deadline_t *d)
 {
-    gw_exchange_t *x = t->data;
+    gw_exchange_t *x = d->data;
     x->total_timed_out = true;
     if (x->creq) {
         tr_http_client_cancel(x->creq);
@@ -918,7 +926,7 @@ static void attempt(gw_exchange_t *x)
                  "the upstream has no passing endpoint right now");
         return;
     }
-    snprintf(x->endpoint, sizeof(x->endpoint), "%s", x->ep->http.host);
+    copy_str(x->endpoint, sizeof(x->endpoint), x->ep->http.host, strlen(x->ep->http.host));
     x->attempts++;
     x->try_start_ms = now;
     if (x->attempts > 1) {
@@ -954,11 +962,7 @@ static void attempt(gw_exchange_t *x)
         return;
     }
     uint64_t per_try = x->route->per_try_timeout_ms;
-    if (per_try) {
-        x->try_timer = gw_timer_get(x->wk);
-        x->try_timer->t.data = x;
-        uv_timer_start(&x->try_timer->t, on_try_timeout, per_try, 0);
-    }
+    if (per_try) tr_deadline_arm(x->wk->deadlines, &x->try_deadline, per_try, on_try_timeout, x);
 }
 
 /* ---- the client side */
@@ -1127,8 +1131,8 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     gen->refs++;
     x->start_ms = uv_now(wk->loop);
     if (wk->gw->o.spans) x->start_ns = now_ns();
-    snprintf(x->method, sizeof(x->method), "%s", req->method);
-    snprintf(x->path, sizeof(x->path), "%.*s", (int)req->path_len, req->path);
+    copy_str(x->method, sizeof(x->method), req->method, strlen(req->method));
+    copy_str(x->path, sizeof(x->path), req->path, req->path_len);
     ids(x);
     trace_context(x, req);
     tr_route_request_t rq = {req->method, strlen(req->method), req->path,    req->path_len,
@@ -1197,11 +1201,8 @@ void gw_proxy_handle(tr_http_req_t *req, void *data)
     x->has_bulkhead = true;
     tr_retry_budget_request_begin(&x->limits->budget);
     x->has_budget = true;
-    if (x->route->timeout_ms) {
-        x->total = gw_timer_get(wk);
-        x->total->t.data = x;
-        uv_timer_start(&x->total->t, on_total_timeout, x->route->timeout_ms, 0);
-    }
+    if (x->route->timeout_ms)
+        tr_deadline_arm(wk->deadlines, &x->total, x->route->timeout_ms, on_total_timeout, x);
     bool has_body = req->chunked || req->content_length > 0;
     if (!has_body) {
         x->body_done = true;
