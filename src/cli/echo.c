@@ -28,6 +28,8 @@ typedef struct echo_s {
     tr_http_server_options_t http;
     int *fds;
     tr_metric_t *requests;
+    long fail_percent; /* this share of `GET /` answers 500 (a faulty version, for rollouts) */
+    const char *tag;   /* sent as x-served-by on `GET /` when set */
 } echo_t;
 
 static tr_series_t *series_for(echo_t *e, const char *endpoint)
@@ -329,6 +331,17 @@ static void on_request(tr_http_req_t *req, void *data)
     if (req->path_len == 1 && req->path[0] == '/') {
         if (!root_series) root_series = series_for(e, "root");
         tr_counter_inc(root_series);
+        if (e->tag) tr_http_res_header(req, "x-served-by", e->tag);
+        if (e->fail_percent) {
+            /* Exactly fail_percent of every 100 requests (per worker), spread evenly. */
+            static __thread uint64_t served;
+            uint64_t k = ++served, p = (uint64_t)e->fail_percent;
+            if (k * p / 100 != (k - 1) * p / 100) {
+                tr_http_res_problem(req, 500, "injected-failure", "Injected failure",
+                                    "this echo runs with --fail-percent %ld", e->fail_percent);
+                return;
+            }
+        }
         tr_http_res_send(req, 200, "text/plain", hello, sizeof(hello) - 1);
         return;
     }
@@ -392,6 +405,8 @@ static void echo_usage(FILE *out)
             "      --idle-timeout DUR    keep-alive idle time (default 60s)\n"
             "      --body-timeout DUR    longest stall while receiving a body (default 60s)\n"
             "      --grace DUR           drain time after SIGTERM/SIGINT (default 10s)\n"
+            "      --fail-percent P      answer 500 to P of every 100 `GET /` (default 0)\n"
+            "      --tag TEXT            send `x-served-by: TEXT` with `GET /`\n"
             "      --log-level LEVEL     debug, info, warn or error (default info)\n"
             "      --log-format FORMAT   auto, json or text (default auto: text on a TTY)\n"
             "  -h, --help                show this help\n\n"
@@ -407,7 +422,9 @@ enum {
     OPT_BODY_TIMEOUT,
     OPT_GRACE,
     OPT_LOG_LEVEL,
-    OPT_LOG_FORMAT
+    OPT_LOG_FORMAT,
+    OPT_FAIL_PERCENT,
+    OPT_TAG
 };
 
 static const struct option long_opts[] = {
@@ -421,6 +438,8 @@ static const struct option long_opts[] = {
     {"grace", required_argument, NULL, OPT_GRACE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"fail-percent", required_argument, NULL, OPT_FAIL_PERCENT},
+    {"tag", required_argument, NULL, OPT_TAG},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -467,6 +486,12 @@ static int parse_args(int argc, char **argv, echo_t *e, echo_args_t *a)
             break;
         case OPT_LOG_FORMAT:
             a->log_format = optarg;
+            break;
+        case OPT_FAIL_PERCENT:
+            ok = tr_cli_int("echo", "fail-percent", optarg, 0, 100, &e->fail_percent);
+            break;
+        case OPT_TAG:
+            e->tag = optarg;
             break;
         case 'h':
             echo_usage(stdout);

@@ -17,6 +17,7 @@ static const command_t commands[] = {
     {"logs", tr_cmd_logs, "print and follow central logs; 'logs serve' hosts the log store"},
     {"ps", tr_cmd_ps, "list the services of the running `trellis up` and their instances"},
     {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
+    {"rollout", tr_cmd_rollout, "move a service to a new version: canary, blue-green, rolling"},
     {"restart", tr_cmd_service_control, "restart a service of the running `trellis up`"},
     {"scale", tr_cmd_service_control, "change a service's replica count (trellis up)"},
     {"start", tr_cmd_service_control, "start a stopped service (trellis up)"},

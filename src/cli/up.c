@@ -1,5 +1,6 @@
 /* `trellis up`: the control plane, the gateway and every service of a topology, in one command. */
 #include "cli/cli.h"
+#include "cli/up.h"
 
 #include "core/buf.h"
 #include "core/mem.h"
@@ -30,56 +31,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* One replica of a topology service. */
-typedef struct replica_s {
-    struct svc_s *svc;
-    int index;
-    uint16_t port;
-    char id[96];
-    char **argv, **env; /* expanded; owned */
-    tr_instance_t *inst;
-    bool registered;
-} replica_t;
-
-typedef struct svc_s {
-    const tr_topo_service_t *def;
-    replica_t **replicas; /* pointers: instances keep theirs while the list grows */
-    size_t n, next_index;
-    bool started;
-} svc_t;
-
-typedef struct up_s {
-    const char *topology_path;
-    tr_topology_t *topo;
-    const tr_topo_control_plane_t *cp;
-    char self_exe[4096];
-    /* listeners, bound before the workers start */
-    int api_fd, otlp_fd, zipkin_fd;
-    char api_addr[64], otlp_addr[64], zipkin_addr[64];
-    /* control plane (worker 0's loop) */
-    uv_loop_t *loop;
-    tr_discovery_hub_t *hub;
-    tr_registry_t *registry;
-    tr_collector_t *collector;
-    tr_logs_t *logs;
-    tr_http_server_t *servers[3]; /* API, OTLP, Zipkin */
-    int open_servers;
-    bool cp_closed;
-    tr_http_client_t *client; /* registers ready instances through the registry's own API */
-    tr_http_endpoint_t api_ep;
-    tr_supervisor_t *sup;
-    svc_t *svcs;
-    size_t nsvcs;
-    uv_timer_t tick;
-    uint64_t started_ms;
-    bool all_ready_logged, stopping, tty;
-    int stop_next; /* reverse start order: the next service to stop */
-    /* gateway (every worker) */
-    tr_gateway_t *gw;
-    tr_exporter_t *exporter;
-    tr_span_sink_t sink;
-} up_t;
-
 /* ---- registration: ready instances go into the registry, others leave it */
 
 static void on_registered(tr_http_client_req_t *req, int err, const tr_http_client_response_t *res)
@@ -91,19 +42,20 @@ static void on_registered(tr_http_client_req_t *req, int err, const tr_http_clie
                     TR_LOG_INT("status", res ? res->status : 0), TR_LOG_ERR(err));
 }
 
-static void registry_call(up_t *up, replica_t *r, bool add)
+void up_registry_call(up_t *up, replica_t *r, bool add)
 {
     char target[256];
     char *body = NULL;
     if (add) {
         char replica[16];
         snprintf(replica, sizeof(replica), "%d", r->index);
-        const char *version = r->svc->def->version ? r->svc->def->version : "";
-        /* Consul's Meta is a map of strings. */
+        const char *version = r->version ? r->version : "";
+        /* Consul's Meta is a map of strings; rollouts shift traffic with the weights. */
         json_t *j =
-            json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:s}, s:[]}", "ID", r->id, "Name",
-                      r->svc->def->name, "Address", "127.0.0.1", "Port", (int)r->port, "Meta",
-                      "version", version, "managed_by", "trellis-up", "replica", replica, "Tags");
+            json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:s}, s:[], s:{s:i, s:i}}", "ID", r->id,
+                      "Name", r->svc->def->name, "Address", "127.0.0.1", "Port", (int)r->port,
+                      "Meta", "version", version, "managed_by", "trellis-up", "replica", replica,
+                      "Tags", "Weights", "Passing", (int)(r->weight ? r->weight : 1), "Warning", 1);
         if (*version) json_array_append_new(json_object_get(j, "Tags"), json_string(version));
         body = json_dumps(j, JSON_COMPACT);
         json_decref(j);
@@ -134,7 +86,7 @@ static bool svc_ready(const svc_t *s)
     return s->n == 0;
 }
 
-static svc_t *svc_by_name(up_t *up, const char *name)
+svc_t *up_svc_by_name(up_t *up, const char *name)
 {
     for (size_t i = 0; i < up->nsvcs; i++)
         if (!strcmp(up->svcs[i].def->name, name)) return &up->svcs[i];
@@ -148,6 +100,25 @@ static uint16_t free_port(void)
     if (tr_net_parse_addr("127.0.0.1:0", &a) || tr_net_listen(&a, 1, 1, &fd, &bound)) return 0;
     close(fd);
     return ntohs(((struct sockaddr_in *)&bound)->sin_port);
+}
+
+char **up_strv_dup(char *const *v)
+{
+    if (!v) return NULL;
+    size_t n = 0;
+    while (v[n])
+        n++;
+    char **out = tr_calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        out[i] = tr_strdup(v[i]);
+    return out;
+}
+
+void up_strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
 }
 
 static char **expand_list(const char *const *tmpl, size_t n, const char *const *vars,
@@ -172,20 +143,24 @@ static void free_list(char **l)
     free(l);
 }
 
-static replica_t *replica_add(svc_t *s)
+replica_t *up_replica_add(svc_t *s)
 {
     s->replicas = tr_realloc(s->replicas, (s->n + 1) * sizeof(*s->replicas));
     replica_t *r = tr_calloc(1, sizeof(*r));
     r->svc = s;
     r->index = (int)s->next_index++;
+    r->version = s->version ? tr_strdup(s->version) : NULL;
+    r->cmd = up_strv_dup(s->cmd);
     s->replicas[s->n++] = r;
     return r;
 }
 
-static void replica_free(replica_t *r)
+void up_replica_free(replica_t *r)
 {
     free_list(r->argv);
     free_list(r->env);
+    free(r->version);
+    up_strv_free(r->cmd);
     free(r);
 }
 
@@ -201,7 +176,7 @@ static void probe_spec(const tr_topo_probe_t *t, tr_probe_spec_t *p)
                            .success_threshold = t->success_threshold};
 }
 
-static void start_replica(up_t *up, svc_t *s, replica_t *r)
+void up_start_replica(up_t *up, svc_t *s, replica_t *r)
 {
     const tr_topo_service_t *d = s->def;
     r->port = d->port_auto ? free_port() : (uint16_t)(d->port + r->index);
@@ -211,11 +186,21 @@ static void start_replica(up_t *up, svc_t *s, replica_t *r)
     snprintf(index, sizeof(index), "TRELLIS_INSTANCE=%d", r->index);
     snprintf(service, sizeof(service), "TRELLIS_SERVICE=%s", d->name);
     const char *vars[] = {port, service, index, NULL};
-    r->argv = expand_list(d->args, d->nargs, vars, d->command_self ? up->self_exe : d->command);
+    free_list(r->argv);
+    free_list(r->env);
+    if (r->cmd) { /* a rollout's command: "trellis" is this binary, as in the topology */
+        size_t n = 0;
+        while (r->cmd[n])
+            n++;
+        r->argv = expand_list((const char *const *)r->cmd + 1, n - 1, vars,
+                              !strcmp(r->cmd[0], "trellis") ? up->self_exe : r->cmd[0]);
+    } else {
+        r->argv = expand_list(d->args, d->nargs, vars, d->command_self ? up->self_exe : d->command);
+    }
     r->env = expand_list(d->env, d->nenv, vars, NULL);
     tr_instance_spec_t spec = {.service = d->name,
                                .instance_id = r->id,
-                               .version = d->version,
+                               .version = r->version,
                                .argv = (const char *const *)r->argv,
                                .cwd = d->cwd,
                                .env = (const char *const *)r->env,
@@ -240,17 +225,17 @@ static void start_eligible(up_t *up)
     size_t n;
     const tr_topo_service_t *const *order = tr_topology_start_order(up->topo, &n);
     for (size_t i = 0; i < n; i++) {
-        svc_t *s = svc_by_name(up, order[i]->name);
+        svc_t *s = up_svc_by_name(up, order[i]->name);
         if (!s || s->started) continue;
         bool deps_ready = true;
         for (size_t k = 0; k < s->def->ndeps; k++) {
-            svc_t *dep = svc_by_name(up, s->def->deps[k].service);
+            svc_t *dep = up_svc_by_name(up, s->def->deps[k].service);
             deps_ready &= dep && dep->started && svc_ready(dep);
         }
         if (!deps_ready) continue;
         s->started = true;
         for (size_t r = 0; r < s->n; r++)
-            start_replica(up, s, s->replicas[r]);
+            up_start_replica(up, s, s->replicas[r]);
     }
 }
 
@@ -271,8 +256,10 @@ static void on_state(tr_instance_t *i, tr_instance_state_t old, tr_instance_stat
     replica_t *r = tr_instance_data(i);
     (void)old;
     (void)reason;
-    if (now == TR_INST_READY && !r->registered) registry_call(up, r, true);
-    if (now != TR_INST_READY && r->registered) registry_call(up, r, false);
+    if (now == TR_INST_READY && !r->registered && !r->hold && !r->leaving)
+        up_registry_call(up, r, true);
+    if (now != TR_INST_READY && r->registered) up_registry_call(up, r, false);
+    up_rollout_instance_state(up, r, now);
     if (now == TR_INST_READY) {
         start_eligible(up);
         if (!up->all_ready_logged && all_ready(up)) {
@@ -303,16 +290,18 @@ static void services_json(up_t *up, tr_http_req_t *req)
             replica_t *r = s->replicas[k];
             tr_instance_t *in = r->inst;
             json_array_append_new(
-                insts, json_pack("{s:s, s:i, s:i, s:s, s:b, s:i, s:I}", "id", r->id, "port",
-                                 (int)r->port, "pid", in ? tr_instance_pid(in) : 0, "state",
-                                 in ? tr_instance_state_name(tr_instance_state(in)) : "pending",
-                                 "ready", in && tr_instance_state(in) == TR_INST_READY, "restarts",
-                                 in ? (int)tr_instance_restarts(in) : 0, "started_at",
-                                 (json_int_t)(in ? tr_instance_started_at(in) : 0)));
+                insts,
+                json_pack("{s:s, s:s?, s:i, s:i, s:s, s:b, s:i, s:I}", "id", r->id, "version",
+                          r->version, "port", (int)r->port, "pid", in ? tr_instance_pid(in) : 0,
+                          "state", in ? tr_instance_state_name(tr_instance_state(in)) : "pending",
+                          "ready", in && tr_instance_state(in) == TR_INST_READY, "restarts",
+                          in ? (int)tr_instance_restarts(in) : 0, "started_at",
+                          (json_int_t)(in ? tr_instance_started_at(in) : 0)));
         }
-        json_array_append_new(out, json_pack("{s:s, s:s?, s:i, s:o}", "name", s->def->name,
-                                             "version", s->def->version, "replicas", (int)s->n,
-                                             "instances", insts));
+        json_t *ro = up_rollout_summary(s);
+        json_array_append_new(out, json_pack("{s:s, s:s?, s:i, s:o, s:o}", "name", s->def->name,
+                                             "version", s->version, "replicas", (int)s->n,
+                                             "instances", insts, "rollout", ro ? ro : json_null()));
     }
     char *text = json_dumps(out, JSON_COMPACT);
     json_decref(out);
@@ -322,11 +311,28 @@ static void services_json(up_t *up, tr_http_req_t *req)
 
 /* ---- control: restart, stop, start, scale a service */
 
-static void on_scaled_down(tr_instance_t *i, void *data)
+static void on_retired(tr_instance_t *i, void *data)
 {
     replica_t *r = data;
     tr_instance_remove(i);
-    replica_free(r);
+    up_replica_free(r);
+}
+
+void up_replica_retire(up_t *up, replica_t *r)
+{
+    svc_t *s = r->svc;
+    for (size_t k = 0; k < s->n; k++)
+        if (s->replicas[k] == r) {
+            memmove(&s->replicas[k], &s->replicas[k + 1], (s->n - k - 1) * sizeof(*s->replicas));
+            s->n--;
+            break;
+        }
+    r->leaving = true;
+    if (r->registered) up_registry_call(up, r, false);
+    if (r->inst)
+        tr_instance_stop(r->inst, on_retired, r);
+    else
+        up_replica_free(r);
 }
 
 static void noop_stopped(tr_instance_t *i, void *data)
@@ -338,24 +344,26 @@ static void noop_stopped(tr_instance_t *i, void *data)
 static void scale(up_t *up, svc_t *s, size_t want)
 {
     while (s->n < want) {
-        replica_t *r = replica_add(s);
-        if (s->started) start_replica(up, s, r);
+        replica_t *r = up_replica_add(s);
+        if (s->started) up_start_replica(up, s, r);
     }
-    while (s->n > want) {
-        replica_t *r = s->replicas[--s->n];
-        if (r->inst)
-            tr_instance_stop(r->inst, on_scaled_down, r);
-        else
-            replica_free(r);
-    }
+    while (s->n > want)
+        up_replica_retire(up, s->replicas[s->n - 1]);
 }
 
 static void control(up_t *up, tr_http_req_t *req, const char *name, const char *action)
 {
-    svc_t *s = svc_by_name(up, name);
+    svc_t *s = up_svc_by_name(up, name);
     if (!s) {
         tr_http_res_problem(req, 404, "no-service", "No such service",
                             "the topology has no service named \"%s\"", name);
+        return;
+    }
+    if (s->rollout) {
+        tr_http_res_problem(req, 409, "rollout-in-progress", "Rollout in progress",
+                            "\"%s\" is being rolled out; wait for it to end or abort it with "
+                            "`trellis rollout abort %s`",
+                            name, name);
         return;
     }
     if (!strcmp(action, "scale")) {
@@ -372,14 +380,14 @@ static void control(up_t *up, tr_http_req_t *req, const char *name, const char *
         if (!s->started) {
             s->started = true;
             for (size_t r = 0; r < s->n; r++)
-                start_replica(up, s, s->replicas[r]);
+                up_start_replica(up, s, s->replicas[r]);
         } else {
             for (size_t r = 0; r < s->n; r++) {
                 replica_t *rp = s->replicas[r];
                 bool down = !rp->inst || tr_instance_state(rp->inst) == TR_INST_STOPPED ||
                             tr_instance_state(rp->inst) == TR_INST_FAILED;
                 if (!rp->inst)
-                    start_replica(up, s, rp);
+                    up_start_replica(up, s, rp);
                 else if (!strcmp(action, "restart") || down)
                     tr_instance_restart(rp->inst);
             }
@@ -436,6 +444,8 @@ static void on_api(tr_http_req_t *req, void *data)
         services_json(up, req);
     } else if (path_has(req, "/api/services/")) {
         route_control(up, req);
+    } else if (path_is(req, "/api/rollouts") || path_has(req, "/api/rollouts/")) {
+        up_rollout_handle(up, req);
     } else if (path_has(req, "/api/logs")) {
         if (!tr_logs_handle(up->logs, req)) tr_http_res_send(req, 404, NULL, NULL, 0);
     } else if (path_has(req, "/api/traces") || path_has(req, "/api/dependencies") ||
@@ -453,9 +463,10 @@ static void on_api(tr_http_req_t *req, void *data)
         tr_http_res_send(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "starting\n",
                          ok ? 6 : 9);
     } else {
-        tr_http_res_problem(req, 404, "not-found", "Not found",
-                            "the control plane serves /v1/ (registry), /api/services, /api/logs, "
-                            "/api/traces, /api/dependencies, /metrics and /health/*");
+        tr_http_res_problem(
+            req, 404, "not-found", "Not found",
+            "the control plane serves /v1/ (registry), /api/services, /api/rollouts, /api/logs, "
+            "/api/traces, /api/dependencies, /metrics and /health/*");
     }
 }
 
@@ -558,6 +569,7 @@ static void close_control_plane(up_t *up, bool force)
         return;
     }
     up->cp_closed = true;
+    up_rollout_shutdown(up);
     uv_timer_stop(&up->tick);
     uv_close((uv_handle_t *)&up->tick, NULL);
     if (up->registry) tr_registry_shutdown(up->registry);
@@ -575,7 +587,7 @@ static void stop_next(void *data)
     size_t n;
     const tr_topo_service_t *const *order = tr_topology_start_order(up->topo, &n);
     while (up->stop_next >= 0) {
-        svc_t *s = svc_by_name(up, order[up->stop_next--]->name);
+        svc_t *s = up_svc_by_name(up, order[up->stop_next--]->name);
         tr_instance_t **list = tr_calloc(s->n + 1, sizeof(*list));
         size_t k = 0;
         for (size_t r = 0; r < s->n; r++)
@@ -687,8 +699,10 @@ static void build_services(up_t *up)
     for (size_t i = 0; i < up->nsvcs; i++) {
         svc_t *s = &up->svcs[i];
         s->def = &defs[i];
+        s->up = up;
+        s->version = defs[i].version ? tr_strdup(defs[i].version) : NULL;
         for (uint32_t r = 0; r < defs[i].replicas; r++)
-            replica_add(s);
+            up_replica_add(s);
     }
 }
 
@@ -696,8 +710,11 @@ static void free_services(up_t *up)
 {
     for (size_t i = 0; i < up->nsvcs; i++) {
         for (size_t r = 0; r < up->svcs[i].n; r++)
-            replica_free(up->svcs[i].replicas[r]);
+            up_replica_free(up->svcs[i].replicas[r]);
         free(up->svcs[i].replicas);
+        free(up->svcs[i].version);
+        up_strv_free(up->svcs[i].cmd);
+        up_rollout_free(&up->svcs[i]);
     }
     free(up->svcs);
 }

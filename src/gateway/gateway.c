@@ -722,6 +722,7 @@ void tr_gateway_close(tr_gateway_t *gw)
         free(gw->snapshots[i]);
     }
     if (gw->access_fd > STDERR_FILENO) close(gw->access_fd);
+    gw_epstats_free(gw);
     gw_config_release(gw->cfg);
     uv_mutex_destroy(&gw->lock);
     free(gw->fds);

@@ -2,7 +2,9 @@
 #ifndef TR_GATEWAY_GATEWAY_H
 #define TR_GATEWAY_GATEWAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "trellis/discovery_hub.h"
 #include "trellis/runtime.h"
@@ -56,6 +58,28 @@ void tr_gateway_worker_stop(tr_gateway_t *gw, tr_worker_t *w, bool force);
  * returns 0. On failure the old config keeps serving and err says why. Any thread.
  */
 int tr_gateway_reload(tr_gateway_t *gw, char *err, size_t errlen);
+
+/*
+ * What the gateway saw of one endpoint (by its ID: the registry's Service.ID), summed over
+ * workers since the gateway started: every attempt, whether it failed (5xx, connect failure,
+ * reset or timeout) and its latency in buckets. Rollouts judge a version from these: retries
+ * hide an attempt's failure from the client, not from here.
+ */
+#define TR_GATEWAY_LAT_BUCKETS 16
+/* Upper bounds (ms, inclusive) of the latency buckets; the last is "more". */
+extern const uint32_t tr_gateway_lat_bounds_ms[TR_GATEWAY_LAT_BUCKETS];
+typedef struct tr_gateway_ep_stats_s {
+    uint64_t attempts, failures;
+    uint64_t latency[TR_GATEWAY_LAT_BUCKETS];
+} tr_gateway_ep_stats_t;
+/* Fills `out` and returns true when the endpoint was ever called. Any thread. */
+bool tr_gateway_endpoint_stats(tr_gateway_t *gw, const char *id, tr_gateway_ep_stats_t *out);
+/* `now` minus `before`, field by field (a window between two snapshots). */
+void tr_gateway_ep_stats_sub(tr_gateway_ep_stats_t *now, const tr_gateway_ep_stats_t *before);
+void tr_gateway_ep_stats_add(tr_gateway_ep_stats_t *sum, const tr_gateway_ep_stats_t *x);
+/* The upper bound (ms) of the bucket holding quantile q (0..1); UINT32_MAX past the last
+ * bound; 0 without attempts. */
+uint32_t tr_gateway_ep_stats_quantile(const tr_gateway_ep_stats_t *s, double q);
 
 /* Frees the gateway once the runtime has stopped. */
 void tr_gateway_close(tr_gateway_t *gw);

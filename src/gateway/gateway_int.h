@@ -233,6 +233,15 @@ struct gw_worker_s {
     unsigned open_handles;
 };
 
+typedef struct gw_epstats_s gw_epstats_t;
+
+/* What the gateway keeps in each endpoint's per-instance memory (tr_endpoint_user). */
+typedef struct gw_ep_user_s {
+    tr_outlier_endpoint_t outlier; /* first: tr_endpoint_user() is also used as this */
+    gw_epstats_t *stats;           /* found on the first attempt */
+} gw_ep_user_t;
+_Static_assert(sizeof(gw_ep_user_t) <= TR_ENDPOINT_USER_BYTES, "endpoint user memory");
+
 struct tr_gateway_s {
     tr_gateway_options_t o;
     gw_config_t *cfg; /* the newest config; under lock */
@@ -245,10 +254,15 @@ struct tr_gateway_s {
     int access_fd;
     char listen_addr[64], admin_addr[64];
     uint64_t reloads, reload_failures;
+    gw_epstats_t *epstats; /* under lock; never shrinks while the gateway lives */
 };
 
 /* The newest config, retained for the caller. */
 gw_config_t *gw_current_config(tr_gateway_t *gw);
+
+/* epstats.c */
+void gw_epstats_record(gw_worker_t *wk, tr_endpoint_t *ep, bool failed, uint64_t ms);
+void gw_epstats_free(tr_gateway_t *gw);
 
 /* proxy.c */
 void gw_proxy_handle(tr_http_req_t *req, void *worker);

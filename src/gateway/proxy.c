@@ -726,6 +726,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
         x->has_route_ticket = false;
     }
     if (x->ep) {
+        gw_epstats_record(x->wk, x->ep, !ok, now - x->try_start_ms);
         if (!ok) copy_str(x->failed_id, sizeof(x->failed_id), x->ep->id, strlen(x->ep->id));
         if (up->cfg->has_outlier) {
             static const tr_outlier_result_t map[] = {TR_OUTLIER_STATUS, TR_OUTLIER_CONNECT_FAILURE,

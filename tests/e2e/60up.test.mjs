@@ -4,13 +4,13 @@
 // refused topologies, central logs and the control plane's idle memory.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { BIN, ms, sleep } from './lib/trellis.mjs';
 import { rssBytes } from './lib/trellis.mjs';
 import {
   startUp, echoService, childPids, alive, waitGone, runUp, writeTopology, freePort, request, until,
+  startLoad,
 } from './lib/up.mjs';
 
 /** trellis_echo_requests_total{endpoint} of the echo listening on `port` (0 if none yet). */
@@ -19,42 +19,6 @@ async function echoCount(port, endpoint = 'echo') {
   assert.equal(r.status, 200);
   const m = new RegExp(`^trellis_echo_requests_total\\{endpoint="${endpoint}"\\} (\\d+)`, 'm').exec(r.text);
   return m ? Number(m[1]) : 0;
-}
-
-/**
- * Runs `clients` concurrent keep-alive clients doing GET `p` on the gateway until stop();
- * stop() resolves {total, ok, non2xx, errors, samples} (samples: the first failures).
- */
-function startLoad(port, p, { clients = 16 } = {}) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
-  const st = { total: 0, ok: 0, non2xx: 0, errors: 0, samples: [] };
-  let running = true;
-  const one = async () => {
-    while (running) {
-      st.total++;
-      try {
-        const r = await request(port, p, { agent, timeout: ms(5000) });
-        if (r.status >= 200 && r.status < 300) st.ok++;
-        else {
-          st.non2xx++;
-          if (st.samples.length < 10) st.samples.push(`${r.status} ${r.headers['x-trellis-error'] || ''} ${r.text.slice(0, 200)}`);
-        }
-      } catch (e) {
-        st.errors++;
-        if (st.samples.length < 10) st.samples.push(`socket error: ${e.code || ''} ${e.message}`);
-      }
-    }
-  };
-  const done = Promise.all(Array.from({ length: clients }, one));
-  return {
-    stats: st,
-    async stop() {
-      running = false;
-      await done;
-      agent.destroy();
-      return st;
-    },
-  };
 }
 
 /** The instance records of /api/services as a map id → record. */

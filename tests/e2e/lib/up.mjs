@@ -2,6 +2,7 @@
 // every port free, run `trellis up` on it, wait for "all services ready", read the
 // control-plane API and the process tree (every wait has a deadline).
 import { spawn } from 'node:child_process';
+import http from 'node:http';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -195,7 +196,12 @@ export async function waitGone(pids, timeout) {
 
 /** Runs `trellis up` with args to completion; resolves {code, signal, stdout, stderr}. */
 export function runUp(args, { timeout = ms(10000) } = {}) {
-  const proc = spawn(BIN, ['up', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+  return runTrellis(['up', ...args], { timeout });
+}
+
+/** Runs `trellis ARGS…` to its end (deadline: SIGKILL); resolves {code, signal, stdout, stderr, pid}. */
+export function runTrellis(args, { timeout = ms(10000) } = {}) {
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
   let out = '';
   let err = '';
   proc.stdout.setEncoding('utf8');
@@ -204,7 +210,7 @@ export function runUp(args, { timeout = ms(10000) } = {}) {
   proc.stderr.on('data', (d) => { err += d; });
   return withDeadline(new Promise((resolve) => {
     proc.on('exit', (code, signal) => resolve({ code, signal, stdout: out, stderr: err, pid: proc.pid }));
-  }), timeout, `trellis up ${args.join(' ')}`).catch((e) => { proc.kill('SIGKILL'); throw e; });
+  }), timeout, `trellis ${args.join(' ')}`).catch((e) => { proc.kill('SIGKILL'); throw e; });
 }
 
 /** Writes text to <tmp>/<name>; returns {file, dir, cleanup()}. */
@@ -216,3 +222,40 @@ export function writeTopology(text, name = 'topology.yaml') {
 }
 
 export { freePort, request, until };
+
+/**
+ * Runs `clients` concurrent keep-alive clients doing GET `p` on the gateway until stop();
+ * stop() resolves {total, ok, non2xx, errors, samples} (samples: the first failures).
+ */
+export function startLoad(port, p, { clients = 16 } = {}) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
+  const st = { total: 0, ok: 0, non2xx: 0, errors: 0, samples: [] };
+  let running = true;
+  const one = async () => {
+    while (running) {
+      st.total++;
+      try {
+        const r = await request(port, p, { agent, timeout: ms(5000) });
+        if (r.status >= 200 && r.status < 300) st.ok++;
+        else {
+          st.non2xx++;
+          if (st.samples.length < 10) st.samples.push(`${r.status} ${r.headers['x-trellis-error'] || ''} ${r.text.slice(0, 200)}`);
+        }
+      } catch (e) {
+        st.errors++;
+        if (st.samples.length < 10) st.samples.push(`socket error: ${e.code || ''} ${e.message}`);
+      }
+    }
+  };
+  const done = Promise.all(Array.from({ length: clients }, one));
+  return {
+    stats: st,
+    async stop() {
+      running = false;
+      await done;
+      agent.destroy();
+      return st;
+    },
+  };
+}
+
