@@ -476,21 +476,33 @@ static void on_tick(uv_timer_t *t)
 {
     up_t *up = t->data;
     if (!up->tty || up->stopping) return;
-    fprintf(stderr, "\033[H\033[J%-14s %-14s %7s %-9s %-5s %8s %8s\n", "SERVICE", "INSTANCE", "PID",
-            "STATE", "READY", "RESTARTS", "UPTIME");
+    fprintf(stderr, "\033[H\033[J%-14s %-14s %-10s %7s %-9s %-5s %8s %8s\n", "SERVICE", "INSTANCE",
+            "VERSION", "PID", "STATE", "READY", "RESTARTS", "UPTIME");
     int64_t now = (int64_t)time(NULL) * 1000;
     for (size_t i = 0; i < up->nsvcs; i++)
         for (size_t k = 0; k < up->svcs[i].n; k++) {
             replica_t *r = up->svcs[i].replicas[k];
             tr_instance_t *in = r->inst;
             int64_t since = in ? tr_instance_started_at(in) : 0;
-            fprintf(stderr, "%-14s %-14s %7d %-9s %-5s %8u %7llds\n", up->svcs[i].def->name, r->id,
-                    in ? tr_instance_pid(in) : 0,
+            fprintf(stderr, "%-14s %-14s %-10s %7d %-9s %-5s %8u %7llds\n", up->svcs[i].def->name,
+                    r->id, r->version ? r->version : "-", in ? tr_instance_pid(in) : 0,
                     in ? tr_instance_state_name(tr_instance_state(in)) : "pending",
                     in && tr_instance_state(in) == TR_INST_READY ? "yes" : "no",
                     in ? tr_instance_restarts(in) : 0,
                     (long long)(since ? (now - since) / 1000 : 0));
         }
+    for (size_t i = 0; i < up->nsvcs; i++) {
+        json_t *ro = up_rollout_summary(&up->svcs[i]);
+        if (!ro) continue;
+        json_t *ev = json_object_get(ro, "events");
+        const char *from = json_string_value(json_object_get(ro, "from_version"));
+        const char *last = json_string_value(
+            json_object_get(json_array_get(ev, json_array_size(ev) - 1), "message"));
+        fprintf(stderr, "\nrollout %s: %s -> %s (%s), %s\n", up->svcs[i].def->name,
+                from ? from : "-", json_string_value(json_object_get(ro, "to_version")),
+                json_string_value(json_object_get(ro, "strategy")), last ? last : "");
+        json_decref(ro);
+    }
     fprintf(stderr, "\ngateway http://%s   control plane http://%s   Ctrl-C stops everything\n",
             tr_gateway_listen_addr(up->gw), up->api_addr);
 }
