@@ -213,6 +213,9 @@ static void start_ingest(tr_http_req_t *req, tr_collector_t *c, bool zipkin)
     }
     ingest_t *in = tr_http_req_alloc(req, sizeof(*in));
     *in = (ingest_t){.c = c, .zipkin = zipkin, .body = TR_BUF_INIT};
+    /* The whole body in one allocation, not regrown (and copied) as it arrives. */
+    if (req->content_length > 0 && req->content_length <= TR_COLLECTOR_MAX_BODY)
+        tr_buf_reserve(&in->body, (size_t)req->content_length + 1);
     req->data = in;
     req->on_body = on_ingest_body;
     req->on_end = on_ingest_end;

@@ -13,14 +13,25 @@ static uint64_t mix(uint64_t z)
     return z ^ (z >> 31);
 }
 
+/* Folds bytes into h eight at a time (a byte-wise hash showed up in ingest profiles). */
+static uint64_t absorb(uint64_t h, const uint8_t *p, size_t n)
+{
+    uint64_t w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = mix(h ^ w);
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, p, n);
+        h = mix(h ^ w ^ (uint64_t)n << 56);
+    }
+    return h;
+}
+
 uint64_t tr__idmap_hash(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
-    uint64_t h = 0x9e3779b97f4a7c15ULL;
-    for (size_t i = 0; i < alen; i++)
-        h = (h ^ a[i]) * 0x100000001b3ULL;
-    for (size_t i = 0; i < blen; i++)
-        h = (h ^ b[i]) * 0x100000001b3ULL;
-    return mix(h);
+    return mix(absorb(absorb(0x9e3779b97f4a7c15ULL, a, alen), b, blen) + alen);
 }
 
 static void grow(tr_idmap_t *m)

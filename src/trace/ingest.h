@@ -20,16 +20,19 @@ typedef struct tr_cspan_s {
     uint8_t kind;     /* tr_span_kind_t */
     uint8_t status;   /* tr_span_status_t */
     bool error;       /* status ERROR or a Zipkin `error` tag */
+    uint16_t slab;    /* where its memory came from (cspan.c); set by tr__cspan_new */
     const char *service, *name, *correlation_id, *status_message, *detail; /* never NULL */
 } tr_cspan_t;
 
 /*
  * Makes a span whose strings are copied into the same allocation (NULL reads as "").
- * Free it with free(). Aborts on out-of-memory.
+ * Free it with tr__cspan_free(). Aborts on out-of-memory.
  */
 tr_cspan_t *tr__cspan_new(const tr_cspan_t *fields, const char *service, const char *name,
                           const char *correlation_id, const char *status_message,
                           const char *detail);
+/* Frees a span made by tr__cspan_new; NULL is fine. */
+void tr__cspan_free(tr_cspan_t *s);
 
 /* The spans of one request, in arrival order; the batch owns them. */
 typedef struct tr_span_batch_s {

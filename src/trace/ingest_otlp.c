@@ -9,6 +9,7 @@
 #include "trellis/trace.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,31 +340,73 @@ static void put_events(tr_buf_t *b, json_t *events)
     TR_JSONW_LIT(b, "]");
 }
 
+/* The members of a Span that the decoder reads (NULL when absent). */
+typedef struct span_members_s {
+    json_t *trace_id, *span_id, *parent_id, *name, *kind, *start, *end, *attrs, *events, *status;
+} span_members_t;
+
+static json_t **span_member(span_members_t *m, const char *key)
+{
+    static const struct {
+        const char *key;
+        size_t offset;
+    } known[] = {
+        {"traceId", offsetof(span_members_t, trace_id)},
+        {"spanId", offsetof(span_members_t, span_id)},
+        {"parentSpanId", offsetof(span_members_t, parent_id)},
+        {"name", offsetof(span_members_t, name)},
+        {"kind", offsetof(span_members_t, kind)},
+        {"startTimeUnixNano", offsetof(span_members_t, start)},
+        {"endTimeUnixNano", offsetof(span_members_t, end)},
+        {"attributes", offsetof(span_members_t, attrs)},
+        {"events", offsetof(span_members_t, events)},
+        {"status", offsetof(span_members_t, status)},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (key[0] == known[i].key[0] && !strcmp(key, known[i].key))
+            return (json_t **)((char *)m + known[i].offset);
+    return NULL;
+}
+
+/* One pass over the span's members instead of a hashed lookup for each one read. */
+static void span_members(json_t *sp, span_members_t *m)
+{
+    const char *key;
+    json_t *v, **slot;
+    memset(m, 0, sizeof(*m));
+    json_object_foreach(sp, key, v)
+    {
+        if ((slot = span_member(m, key))) *slot = v;
+    }
+}
+
 static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
 {
     tr_cspan_t f;
+    span_members_t m;
     memset(&f, 0, sizeof(f));
     if (!json_is_object(sp)) {
         tr__span_batch_reject(c->out, "span %zu is not an object", index);
         return;
     }
-    if (!decode_id(json_object_get(sp, "traceId"), f.trace_id, 16, false)) {
+    span_members(sp, &m);
+    if (!decode_id(m.trace_id, f.trace_id, 16, false)) {
         tr__span_batch_reject(c->out, "span %zu: traceId must be 32 hex digits, not all zero",
                               index);
         return;
     }
-    if (!decode_id(json_object_get(sp, "spanId"), f.span_id, 8, false)) {
+    if (!decode_id(m.span_id, f.span_id, 8, false)) {
         tr__span_batch_reject(c->out, "span %zu: spanId must be 16 hex digits, not all zero",
                               index);
         return;
     }
-    if (!decode_id(json_object_get(sp, "parentSpanId"), f.parent_id, 8, true)) {
+    if (!decode_id(m.parent_id, f.parent_id, 8, true)) {
         tr__span_batch_reject(c->out, "span %zu: parentSpanId must be 16 hex digits or empty",
                               index);
         return;
     }
-    int kind = enum_value(json_object_get(sp, "kind"), kind_names, 6);
-    json_t *status = json_object_get(sp, "status");
+    int kind = enum_value(m.kind, kind_names, 6);
+    json_t *status = m.status;
     int code = enum_value(json_object_get(status, "code"), status_names, 3);
     if (kind < 0 || kind > 5 || code < 0 || code > 2) {
         tr__span_batch_reject(c->out, "span %zu: kind must be 0-5 and status.code 0-2", index);
@@ -372,12 +415,12 @@ static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
     f.kind = (uint8_t)kind;
     f.status = (uint8_t)code;
     f.error = code == TR_STATUS_ERROR;
-    f.start_ns = time_ns(json_object_get(sp, "startTimeUnixNano"));
-    f.end_ns = time_ns(json_object_get(sp, "endTimeUnixNano"));
+    f.start_ns = time_ns(m.start);
+    f.end_ns = time_ns(m.end);
     if (f.end_ns < f.start_ns) f.end_ns = f.start_ns;
     f.recv_ms = c->now_ms;
 
-    json_t *attrs = json_object_get(sp, "attributes");
+    json_t *attrs = m.attrs;
     kv_items_t items, *it = kv_collect(attrs, &items) ? &items : NULL;
     const char *corr = attr_string(attrs, it, "correlation_id");
     if (!corr) corr = attr_string(attrs, it, "http.request.header.x-correlation-id");
@@ -385,7 +428,7 @@ static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
     tr_buf_reset(d);
     TR_JSONW_LIT(d, "{\"attributes\":");
     put_kv_list(d, attrs, it, 0);
-    json_t *events = json_object_get(sp, "events");
+    json_t *events = m.events;
     if (json_is_array(events) && json_array_size(events)) {
         TR_JSONW_LIT(d, ",\"events\":");
         put_events(d, events);
@@ -395,7 +438,7 @@ static void decode_span(otlp_ctx_t *c, json_t *sp, size_t index)
     TR_JSONW_LIT(d, ",\"scope\":");
     tr_buf_append(d, c->scope.data, c->scope.len);
     TR_JSONW_LIT(d, "}");
-    const char *name = json_string_value(json_object_get(sp, "name"));
+    const char *name = json_string_value(m.name);
     tr__span_batch_add(c->out, tr__cspan_new(&f, c->service, name, corr,
                                              json_string_value(json_object_get(status, "message")),
                                              tr_buf_cstr(d)));

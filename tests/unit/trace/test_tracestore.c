@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "trace/tracestore.h"
 #include "trellis/error.h"
 #include "trellis/trace.h"
@@ -239,6 +241,117 @@ static void test_restart_reloads_and_sqlite_fallback(void **state)
     fx_remove(&f);
 }
 
+/* A row as schema version 1 stored it: the trace id's high bytes `hi`, its low byte `lo`. */
+static void v1_insert(sqlite3 *db, uint8_t hi, uint8_t lo, uint8_t span, const char *name)
+{
+    uint8_t trace[16], id[8] = {0};
+    memset(trace, hi, 8);
+    memset(trace + 8, 0, 8);
+    trace[15] = lo;
+    id[7] = span;
+    sqlite3_stmt *s;
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO spans VALUES (?1, ?2, NULL, 'svc', ?3, 2, 1, 2, 0, 0, '',"
+                           " '', 1, '{}')",
+                           -1, &s, NULL),
+        SQLITE_OK);
+    sqlite3_bind_blob(s, 1, trace, 16, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s, 2, id, 8, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, name, -1, SQLITE_TRANSIENT);
+    assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+    sqlite3_finalize(s);
+}
+
+static int64_t sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int64_t v = -1;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+/*
+ * A database written by schema version 1 (trace lookups by a blob index) opens, is migrated
+ * to the integer trace key, and its spans stay findable by id, also when two traces share
+ * the key's 8 bytes.
+ */
+static void test_migrates_version_1_database(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f.db, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TABLE spans (trace_id BLOB NOT NULL, span_id BLOB NOT NULL,"
+                     " parent_id BLOB, service TEXT NOT NULL, name TEXT NOT NULL,"
+                     " kind INTEGER NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,"
+                     " status INTEGER NOT NULL, error INTEGER NOT NULL,"
+                     " correlation_id TEXT NOT NULL, status_message TEXT NOT NULL,"
+                     " recv_ms INTEGER NOT NULL, detail TEXT NOT NULL);"
+                     "CREATE INDEX spans_trace ON spans (trace_id); PRAGMA user_version = 1;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    v1_insert(db, 0xaa, 7, 1, "a1");
+    v1_insert(db, 0xbb, 7, 1, "b1");
+    v1_insert(db, 0xaa, 7, 2, "a2");
+    v1_insert(db, 0xcc, 9, 1, "c1");
+    sqlite3_close(db);
+
+    /* Room for one span in memory: the other traces are read back from SQLite. */
+    tr_tracestore_t *st = open_store(f.db, 1, 0);
+    uint8_t id[16] = {0};
+    memset(id, 0xaa, 8);
+    id[15] = 7;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_true(owned);
+    assert_int_equal(t->n, 2);
+    assert_string_equal(t->spans[0]->name, "a1");
+    assert_string_equal(t->spans[1]->name, "a2");
+    tr_tracestore_trace_free(t);
+    memset(id, 0xbb, 8);
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_true(owned);
+    assert_int_equal(t->n, 1);
+    assert_string_equal(t->spans[0]->name, "b1");
+    tr_tracestore_trace_free(t);
+    memset(id, 0xdd, 8);
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), TR_ENOTFOUND);
+
+    /* Spans stored after the migration are found the same way. */
+    tr_span_batch_t b = {0};
+    tr__span_batch_add(&b, mk(7, 3, 1, "svc", "new", 5, 1, false));
+    append(st, &b, 20);
+    tr_tracestore_close(st);
+    st = open_store(f.db, 1, 0);
+    memset(id, 0, 8);
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_int_equal(t->n, 1);
+    assert_string_equal(t->spans[0]->name, "new");
+    if (owned) tr_tracestore_trace_free(t);
+    memset(id, 0xaa, 8);
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_true(owned);
+    assert_int_equal(t->n, 2);
+    tr_tracestore_trace_free(t);
+    tr_tracestore_close(st);
+
+    assert_int_equal(sql_int(f.db, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f.db, "SELECT count(*) FROM sqlite_master WHERE name = 'spans_trace'"),
+                     0);
+    assert_int_equal(sql_int(f.db, "SELECT count(*) FROM spans WHERE tkey = 7"), 4);
+    fx_remove(&f);
+}
+
 static void test_retention_by_age(void **state)
 {
     (void)state;
@@ -349,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_spans_per_trace_limit),
         cmocka_unit_test(test_memory_bound_evicts_oldest_trace),
         cmocka_unit_test(test_restart_reloads_and_sqlite_fallback),
+        cmocka_unit_test(test_migrates_version_1_database),
         cmocka_unit_test(test_retention_by_age),
         cmocka_unit_test(test_retention_by_size),
         cmocka_unit_test(test_append_rate),
