@@ -3,6 +3,10 @@
 # each proxy one worker pinned to core 0, backend (1 worker) and wrk pinned to core 1,
 # 64 keep-alive connections, upstream keep-alive on. Also the full chain (JWT RS256, rate
 # limit, breaker, outlier detection, retries, access log, traceparent). Medians, ratios.
+# Equal work: nginx and HAProxy add the request headers trellis adds by default
+# (X-Forwarded-For/-Proto/-Host, Via, X-Request-ID, X-Correlation-ID, traceparent; the IDs
+# also on the response), so the backend and wrk parse the same bytes behind every proxy.
+# EQUAL_HEADERS=0 runs them bare instead; BACKEND_CPU=0 puts the backend on the proxies' core.
 # Usage: bench/gateway.sh [--duration 10] [--rounds 3] [--connections 64]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +61,27 @@ BACKEND_PID=$!
 PIDS+=($BACKEND_PID)
 wait_http "$BACKEND_PORT"
 
+NGINX_HEADERS='      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Via "1.1 nginx";
+      proxy_set_header X-Correlation-ID $request_id;
+      proxy_set_header X-Request-ID $request_id;
+      proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01";
+      add_header X-Correlation-ID $request_id always;
+      add_header X-Request-ID $request_id always;'
+HAPROXY_HEADERS='  option forwardfor
+  http-request set-var(txn.rid) uuid
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header Via "1.1 haproxy"
+  http-request set-header X-Correlation-ID %[var(txn.rid)]
+  http-request set-header X-Request-ID %[var(txn.rid)]
+  http-request set-header traceparent 00-%[rand,hex]%[rand,hex]-00f067aa0ba902b7-01
+  http-response set-header X-Correlation-ID %[var(txn.rid)]
+  http-response set-header X-Request-ID %[var(txn.rid)]'
+if [ "${EQUAL_HEADERS:-1}" = 0 ]; then NGINX_HEADERS=""; HAPROXY_HEADERS=""; fi
+
 start_nginx() {
   local port=$1 user=""
   [ "$(id -u)" -eq 0 ] && user="user root;"
@@ -77,6 +102,10 @@ http {
   fastcgi_temp_path $WORK/nginx/fastcgi;
   uwsgi_temp_path $WORK/nginx/uwsgi;
   scgi_temp_path $WORK/nginx/scgi;
+  # The headers trellis adds by default, so the backend parses the same request behind
+  # every proxy (EQUAL_HEADERS=0 turns this off): X-Forwarded-*, Via, request and
+  # correlation IDs (also on the response) and a traceparent (a constant span id: less
+  # work for the peers than trellis's random one).
   upstream backend {
     server 127.0.0.1:$BACKEND_PORT;
     keepalive 64;
@@ -88,6 +117,7 @@ http {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+$NGINX_HEADERS
     }
   }
 }
@@ -116,6 +146,7 @@ frontend fe
   bind 127.0.0.1:$port
   default_backend be
 backend be
+$HAPROXY_HEADERS
   server s1 127.0.0.1:$BACKEND_PORT
 CONF
   taskset -c $SERVER_CPU "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
