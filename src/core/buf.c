@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-void tr_buf_reserve(tr_buf_t *b, size_t extra)
+void tr__buf_grow(tr_buf_t *b, size_t extra)
 {
     if (b->cap - b->len > extra) return;
     size_t cap = b->cap ? b->cap : 256;
@@ -14,14 +14,6 @@ void tr_buf_reserve(tr_buf_t *b, size_t extra)
         cap *= 2;
     b->data = tr_realloc(b->data, cap);
     b->cap = cap;
-}
-
-void tr_buf_append(tr_buf_t *b, const void *data, size_t len)
-{
-    if (len == 0) return;
-    tr_buf_reserve(b, len);
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
 }
 
 void tr_buf_vprintf(tr_buf_t *b, const char *fmt, va_list ap)

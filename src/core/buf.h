@@ -17,9 +17,23 @@ typedef struct tr_buf_s {
         NULL, 0, 0                                                                                 \
     }
 
-/* Ensures room for `extra` more bytes; aborts on out-of-memory. */
-void tr_buf_reserve(tr_buf_t *b, size_t extra);
-void tr_buf_append(tr_buf_t *b, const void *data, size_t len);
+/* Grows the buffer (the slow path of tr_buf_reserve). */
+void tr__buf_grow(tr_buf_t *b, size_t extra);
+
+/* Ensures room for `extra` more bytes; aborts on out-of-memory. Inline: encoders append
+ * dozens of small pieces per record, and a call per piece showed in profiles. */
+static inline void tr_buf_reserve(tr_buf_t *b, size_t extra)
+{
+    if (b->cap - b->len <= extra) tr__buf_grow(b, extra);
+}
+
+static inline void tr_buf_append(tr_buf_t *b, const void *data, size_t len)
+{
+    if (len == 0) return;
+    tr_buf_reserve(b, len);
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
 void tr_buf_printf(tr_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tr_buf_vprintf(tr_buf_t *b, const char *fmt, va_list ap);
 /* Appends the decimal form of v. */

@@ -57,7 +57,7 @@ typedef struct gw_exchange_s {
     size_t nhdrs;
     char target[MAX_TARGET];
     char corr[40], reqid[40], trace_id[33], traceparent[56];
-    char parent_span[17], server_span[17]; /* hex; parent "" for a new trace */
+    uint8_t parent_span[8], server_span[8]; /* parent all zero for a new trace */
     tr_trace_ctx_t tctx;
     uint64_t start_ns, try_start_ns;
     char endpoint[64];
@@ -251,20 +251,18 @@ static void trace_context(gw_exchange_t *x, const tr_http_req_t *req)
     tr_trace_ctx_t *c = &x->tctx;
     bool has_parent;
     tr_trace_extract(req->headers, req->nheaders, c, &has_parent);
-    x->parent_span[0] = '\0';
     if (has_parent) {
-        tr_trace_hex_encode(c->span_id, 8, x->parent_span);
+        memcpy(x->parent_span, c->span_id, 8);
     } else {
+        memset(x->parent_span, 0, 8);
         tr_trace_new_ids(c, true);
         c->tracestate[0] = '\0';
     }
     tr_trace_hex_encode(c->trace_id, 16, x->trace_id);
     bool sampled = tr_sampler_should(&x->gen->cfg->sampler, c, has_parent, c->trace_id);
     c->flags = sampled ? TR_TRACE_FLAG_SAMPLED : 0;
-    uint8_t server[8];
     tr_trace_new_ids(c, false); /* a fresh span id: the gateway's server span */
-    memcpy(server, c->span_id, 8);
-    tr_trace_hex_encode(server, 8, x->server_span);
+    memcpy(x->server_span, c->span_id, 8);
     tr_trace_new_ids(c, false); /* the first attempt's client span, sent upstream */
     tr_trace_format_traceparent(c, x->traceparent);
 }
@@ -486,20 +484,14 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Hex ids back to bytes; "" (no parent) reads as all zero. */
-static void unhex(const char *h, uint8_t *out, size_t bytes)
-{
-    if (!h[0] || tr_trace_hex_decode(h, bytes, out) < 0) memset(out, 0, bytes);
-}
-
 static bool tracing(const gw_exchange_t *x)
 {
     /* The sampled flag travels in the traceparent's last two hex digits. */
     return x->wk->gw->o.spans && (x->tctx.flags & TR_TRACE_FLAG_SAMPLED);
 }
 
-static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_hex,
-                      const char *parent_hex, uint64_t start_ns, int status, const char *error)
+static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const uint8_t span_id[8],
+                      const uint8_t parent_id[8], uint64_t start_ns, int status, const char *error)
 {
     const tr_span_sink_t *sink = x->wk->gw->o.spans;
     tr_attr_t attrs[8];
@@ -527,9 +519,9 @@ static void emit_span(gw_exchange_t *x, tr_span_kind_t kind, const char *span_he
                     .service = x->wk->gw->o.service_name ? x->wk->gw->o.service_name : "gateway",
                     .attrs = attrs,
                     .nattrs = n};
-    unhex(x->trace_id, sp.trace_id, 16);
-    unhex(span_hex, sp.span_id, 8);
-    unhex(parent_hex, sp.parent_span_id, 8);
+    memcpy(sp.trace_id, x->tctx.trace_id, 16);
+    memcpy(sp.span_id, span_id, 8);
+    memcpy(sp.parent_span_id, parent_id, 8);
     sink->emit(sink->data, &sp);
 }
 
@@ -709,10 +701,8 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
     if (tracing(x)) {
         static const char *const errs[] = {NULL, "upstream_connect_failure", "upstream_reset",
                                            "upstream_timeout"};
-        char client_span[17];
-        memcpy(client_span, x->traceparent + 36, 16);
-        client_span[16] = '\0';
-        emit_span(x, TR_SPAN_CLIENT, client_span, x->server_span, x->try_start_ns, status,
+        /* The attempt's span id is the one its traceparent carried upstream. */
+        emit_span(x, TR_SPAN_CLIENT, x->tctx.span_id, x->server_span, x->try_start_ns, status,
                   errs[kind]);
     }
     bool ok = kind == OUT_OK && status < 500;

@@ -218,7 +218,9 @@ static void put_span(tr_buf_t *out, const tr__span_rec_t *r)
     }
     PUT(out, ",\"name\":");
     put_str(out, r, r->name);
-    tr_buf_printf(out, ",\"kind\":%u,\"startTimeUnixNano\":", r->kind);
+    PUT(out, ",\"kind\":");
+    tr_buf_append_u64(out, r->kind);
+    PUT(out, ",\"startTimeUnixNano\":");
     put_u64_str(out, r->start_ns);
     PUT(out, ",\"endTimeUnixNano\":");
     put_u64_str(out, r->end_ns);
@@ -226,7 +228,8 @@ static void put_span(tr_buf_t *out, const tr__span_rec_t *r)
     put_attrs(out, r, r->attrs, r->nattrs);
     if (r->dropped_attrs) tr_buf_printf(out, ",\"droppedAttributesCount\":%u", r->dropped_attrs);
     if (r->nevents) put_events(out, r);
-    tr_buf_printf(out, ",\"status\":{\"code\":%u", r->status);
+    PUT(out, ",\"status\":{\"code\":");
+    tr_buf_append_u64(out, r->status);
     if (r->status_message.len) {
         PUT(out, ",\"message\":");
         put_str(out, r, r->status_message);
