@@ -69,7 +69,7 @@ static void on_lane_timer(uv_timer_t *t)
 }
 
 void tr_deadline_arm(tr_deadlines_t *ds, tr_deadline_t *d, uint64_t ms, tr_deadline_cb cb,
-                    void *data)
+                     void *data)
 {
     tr_deadline_disarm(d);
     tr_deadline_lane_t *lane = lane_for(ds, ms);
@@ -134,7 +134,8 @@ void tr_deadlines_close(tr_deadlines_t *ds)
     ds->closing = (unsigned)ds->nlanes;
     for (size_t i = 0; i < ds->nlanes; i++) {
         tr_deadline_lane_t *lane = ds->lanes[i];
-        while (lane->head) tr_deadline_disarm(lane->head);
+        while (lane->head)
+            tr_deadline_disarm(lane->head);
         uv_close((uv_handle_t *)&lane->timer, on_lane_closed);
     }
 }

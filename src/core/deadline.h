@@ -33,7 +33,7 @@ tr_deadlines_t *tr_deadlines_new(uv_loop_t *loop);
  * deadline moves it. A set keeps one lane per distinct duration: meant for a handful of
  * durations (route timeouts), not for arbitrary ones. */
 void tr_deadline_arm(tr_deadlines_t *ds, tr_deadline_t *d, uint64_t ms, tr_deadline_cb cb,
-                    void *data);
+                     void *data);
 /* Disarms `d`; a no-op if it is not armed. O(1). */
 void tr_deadline_disarm(tr_deadline_t *d);
 static inline bool tr_deadline_armed(const tr_deadline_t *d)

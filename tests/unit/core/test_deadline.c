@@ -38,7 +38,8 @@ static void reset(void)
 static void run_until(uv_loop_t *loop, int want, uint64_t limit_ms)
 {
     uint64_t start = uv_now(loop);
-    while (nfired < want && uv_now(loop) - start < limit_ms) uv_run(loop, UV_RUN_ONCE);
+    while (nfired < want && uv_now(loop) - start < limit_ms)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 static void test_fifo_and_disarm(void **state)
@@ -183,12 +184,9 @@ static void test_close_with_armed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fifo_and_disarm),
-        cmocka_unit_test(test_durations_interleave),
-        cmocka_unit_test(test_rearm_moves),
-        cmocka_unit_test(test_head_removed_no_early_fire),
-        cmocka_unit_test(test_arm_from_callback),
-        cmocka_unit_test(test_close_with_armed),
+        cmocka_unit_test(test_fifo_and_disarm),   cmocka_unit_test(test_durations_interleave),
+        cmocka_unit_test(test_rearm_moves),       cmocka_unit_test(test_head_removed_no_early_fire),
+        cmocka_unit_test(test_arm_from_callback), cmocka_unit_test(test_close_with_armed),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     uv_loop_close(uv_default_loop());
