@@ -61,7 +61,10 @@ typedef struct gw_exchange_s {
     tr_trace_ctx_t tctx;
     uint64_t start_ns, try_start_ns;
     char endpoint[64];
-    char failed_id[64]; /* the endpoint the last attempt failed on: retries go elsewhere */
+    /* Endpoints earlier attempts failed on (hashes of their IDs): retries go elsewhere, as
+     * Envoy's previous_hosts predicate. */
+    uint64_t failed[4];
+    uint8_t nfailed;
     char method[16];
     char path[256];
     const char *origin;
@@ -128,6 +131,15 @@ static void copy_str(char *dst, size_t cap, const char *src, size_t len)
     dst[len] = '\0';
 }
 
+/* FNV-1a of an endpoint ID: retries compare these instead of keeping copies of the IDs. */
+static uint64_t id_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
 static gw_exchange_t *exchange_get(gw_worker_t *wk)
 {
     gw_exchange_t *x = wk->free_exchanges;
@@ -138,7 +150,8 @@ static gw_exchange_t *exchange_get(gw_worker_t *wk)
     /* Only the head of the struct needs zeroing: the buffers are written before use. */
     memset(x, 0, offsetof(gw_exchange_t, target));
     x->target[0] = x->corr[0] = x->reqid[0] = x->trace_id[0] = x->endpoint[0] = '\0';
-    x->method[0] = x->path[0] = x->failed_id[0] = '\0';
+    x->method[0] = x->path[0] = '\0';
+    x->nfailed = 0;
     x->body = (tr_buf_t)TR_BUF_INIT;
     x->wk = wk;
     return x;
@@ -460,7 +473,7 @@ static bool fallback(gw_exchange_t *x, const char *reason)
         if (x->fell_back || !x->up) return false;
         x->fell_back = true;
         x->up = x->gen->ups[f->upstream->index];
-        x->failed_id[0] = '\0';
+        x->nfailed = 0;
         tr_http_res_header(x->req, "x-trellis-fallback", reason);
         attempt(x);
         return true;
@@ -717,7 +730,7 @@ static void record(gw_exchange_t *x, out_kind_t kind, int status)
     }
     if (x->ep) {
         gw_epstats_record(x->wk, x->ep, !ok, now - x->try_start_ms);
-        if (!ok) copy_str(x->failed_id, sizeof(x->failed_id), x->ep->id, strlen(x->ep->id));
+        if (!ok) x->failed[x->nfailed++ % 4] = id_hash(x->ep->id);
         if (up->cfg->has_outlier) {
             static const tr_outlier_result_t map[] = {TR_OUTLIER_STATUS, TR_OUTLIER_CONNECT_FAILURE,
                                                       TR_OUTLIER_RESET, TR_OUTLIER_TIMEOUT};
@@ -848,17 +861,21 @@ static void on_total_timeout(tr_deadline_t *d)
 static bool endpoint_ok(tr_endpoint_t *ep, void *data)
 {
     gw_exchange_t *x = data;
-    if (x->failed_id[0] && !strcmp(ep->id, x->failed_id)) return false;
+    if (x->nfailed) {
+        uint64_t h = id_hash(ep->id);
+        for (unsigned i = 0; i < x->nfailed && i < 4; i++)
+            if (x->failed[i] == h) return false;
+    }
     return !x->up->cfg->has_outlier ||
            tr_outlier_available(&x->up->outlier, tr_endpoint_user(ep), uv_now(x->wk->loop));
 }
 
-/* An endpoint that is not ejected and, on a retry, not the one that just failed. */
+/* An endpoint that is not ejected and, on a retry, none that an earlier attempt failed on. */
 static int pick(gw_exchange_t *x)
 {
     gw_up_rt_t *up = x->up;
     if (!up->watch) return TR_ENOTFOUND;
-    if (!up->cfg->has_outlier && !x->failed_id[0])
+    if (!up->cfg->has_outlier && !x->nfailed)
         return tr_discovery_pick(up->watch, up->cfg->lb, &x->ep);
     int err = tr_discovery_pick_if(up->watch, up->cfg->lb, endpoint_ok, x, &x->ep);
     /* Every endpoint ejected (or the failed one is the only one): Envoy's panic mode
