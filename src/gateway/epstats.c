@@ -80,19 +80,23 @@ void gw_epstats_record(gw_worker_t *wk, tr_endpoint_t *ep, bool failed, uint64_t
                           memory_order_relaxed);
 }
 
-bool tr_gateway_endpoint_stats(tr_gateway_t *gw, const char *id, tr_gateway_ep_stats_t *out)
+void gw_epstats_sum(const gw_epstats_t *e, tr_gateway_ep_stats_t *out)
 {
     memset(out, 0, sizeof(*out));
+    for (int w = 0; e && w < e->nslots; w++) {
+        gw_ep_slot_t *s = &e->slots[w];
+        out->attempts += atomic_load_explicit(&s->attempts, memory_order_relaxed);
+        out->failures += atomic_load_explicit(&s->failures, memory_order_relaxed);
+        for (int b = 0; b < TR_GATEWAY_LAT_BUCKETS; b++)
+            out->latency[b] += atomic_load_explicit(&s->latency[b], memory_order_relaxed);
+    }
+}
+
+bool tr_gateway_endpoint_stats(tr_gateway_t *gw, const char *id, tr_gateway_ep_stats_t *out)
+{
     uv_mutex_lock(&gw->lock);
     gw_epstats_t *e = find(gw, id);
-    if (e)
-        for (int w = 0; w < e->nslots; w++) {
-            gw_ep_slot_t *s = &e->slots[w];
-            out->attempts += atomic_load_explicit(&s->attempts, memory_order_relaxed);
-            out->failures += atomic_load_explicit(&s->failures, memory_order_relaxed);
-            for (int b = 0; b < TR_GATEWAY_LAT_BUCKETS; b++)
-                out->latency[b] += atomic_load_explicit(&s->latency[b], memory_order_relaxed);
-        }
+    gw_epstats_sum(e, out);
     uv_mutex_unlock(&gw->lock);
     return e != NULL;
 }

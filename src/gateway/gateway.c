@@ -395,11 +395,14 @@ static void publish_state(gw_worker_t *wk)
             tr_endpoint_t *ep = (tr_endpoint_t *)&list[k];
             tr_outlier_endpoint_t *o = tr_endpoint_user(ep);
             bool avail = !up->cfg->has_outlier || tr_outlier_available(&up->outlier, o, now);
-            json_array_append_new(eps,
-                                  json_pack("{s:s, s:s, s:i, s:b, s:i, s:I}", "id", ep->id,
-                                            "address", ep->http.host, "weight", (int)ep->weight,
-                                            "ejected", !avail, "ejections", (int)o->ejections,
-                                            "active", (json_int_t)tr_discovery_active(ep)));
+            tr_gateway_ep_stats_t st; /* every worker's attempts at this endpoint */
+            gw_epstats_sum(((gw_ep_user_t *)o)->stats, &st);
+            json_array_append_new(
+                eps, json_pack("{s:s, s:s, s:i, s:b, s:i, s:I, s:I, s:I}", "id", ep->id, "address",
+                               ep->http.host, "weight", (int)ep->weight, "ejected", !avail,
+                               "ejections", (int)o->ejections, "active",
+                               (json_int_t)tr_discovery_active(ep), "attempts",
+                               (json_int_t)st.attempts, "failures", (json_int_t)st.failures));
         }
         tr_breaker_state_t bs = tr_breaker_state(&up->breaker, now);
         tr_gauge_set(up->m_breaker_open, up->cfg->has_breaker ? (double)bs : 0);

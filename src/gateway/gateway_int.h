@@ -263,6 +263,9 @@ gw_config_t *gw_current_config(tr_gateway_t *gw);
 /* epstats.c */
 void gw_epstats_record(gw_worker_t *wk, tr_endpoint_t *ep, bool failed, uint64_t ms);
 void gw_epstats_free(tr_gateway_t *gw);
+/* Sums a record's slots (all workers) without the lock: records live as long as the
+ * gateway and their counters are atomics. NULL sums to zero. */
+void gw_epstats_sum(const gw_epstats_t *e, tr_gateway_ep_stats_t *out);
 
 /* proxy.c */
 void gw_proxy_handle(tr_http_req_t *req, void *worker);

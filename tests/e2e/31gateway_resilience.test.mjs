@@ -284,6 +284,11 @@ test('outlier detection: a 5xx endpoint is ejected, visible in /admin/upstreams,
     const w = view.find((u) => u.endpoints.some((e) => e.address === badAddr && e.ejected));
     assert.ok(w.outlier.ejections_total >= 1);
     assert.equal(w.endpoints.filter((e) => e.ejected).length, 1, 'only the bad endpoint is ejected');
+    // Every attempt is counted per endpoint, across workers: the bad one's are all failures.
+    const badEp = w.endpoints.find((e) => e.address === badAddr);
+    assert.ok(badEp.attempts >= 3 && badEp.failures === badEp.attempts, JSON.stringify(badEp));
+    assert.ok(w.endpoints.some((e) => e.address !== badAddr && e.attempts > 0 && e.failures === 0),
+      JSON.stringify(w.endpoints));
     // Readmitted after base_ejection_time (3 s).
     await until(async () => {
       const v = await odView();
