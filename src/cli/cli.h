@@ -24,6 +24,20 @@ int tr_cmd_version(int argc, char **argv);
 
 /* Option value helpers: on bad input they print "trellis CMD: --OPT: …" and return false. */
 bool tr_cli_duration(const char *cmd, const char *opt, const char *val, uint64_t *ms);
+
+/* --grace, --log-level and --log-format: every long-running command takes them. Put
+ * TR_CLI_RUN_OPTIONS in the getopt_long table and call tr_cli_run_option in the switch's
+ * default branch: it returns true when `c` was one of them (with *ok false for a bad value,
+ * said on stderr). */
+enum { TR_CLI_OPT_GRACE = 0x1000, TR_CLI_OPT_LOG_LEVEL, TR_CLI_OPT_LOG_FORMAT };
+#define TR_CLI_RUN_OPTIONS                                                                         \
+    {"grace", required_argument, NULL, TR_CLI_OPT_GRACE},                                          \
+        {"log-level", required_argument, NULL, TR_CLI_OPT_LOG_LEVEL},                              \
+    {                                                                                              \
+        "log-format", required_argument, NULL, TR_CLI_OPT_LOG_FORMAT                               \
+    }
+bool tr_cli_run_option(const char *cmd, int c, const char *arg, uint64_t *grace_ms,
+                       const char **log_level, const char **log_format, bool *ok);
 bool tr_cli_size(const char *cmd, const char *opt, const char *val, uint64_t *bytes);
 bool tr_cli_int(const char *cmd, const char *opt, const char *val, long min, long max, long *out);
 /* Prints "trellis CMD: MSG\nTry 'trellis CMD --help'." and returns TR_EXIT_USAGE. */

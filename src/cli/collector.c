@@ -117,16 +117,7 @@ static void usage(FILE *out)
             "  trellis trace 5b8efff798038103d269b633813fc60c\n");
 }
 
-enum {
-    OPT_OTLP = 256,
-    OPT_ZIPKIN,
-    OPT_RETENTION,
-    OPT_MAX_SPANS,
-    OPT_MAX_DB,
-    OPT_GRACE,
-    OPT_LOG_LEVEL,
-    OPT_LOG_FORMAT
-};
+enum { OPT_OTLP = 256, OPT_ZIPKIN, OPT_RETENTION, OPT_MAX_SPANS, OPT_MAX_DB };
 
 static const struct option long_opts[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -136,9 +127,7 @@ static const struct option long_opts[] = {
     {"retention", required_argument, NULL, OPT_RETENTION},
     {"max-spans", required_argument, NULL, OPT_MAX_SPANS},
     {"max-db", required_argument, NULL, OPT_MAX_DB},
-    {"grace", required_argument, NULL, OPT_GRACE},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    TR_CLI_RUN_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -178,19 +167,13 @@ static int parse_args(int argc, char **argv, collector_cmd_t *cc, args_t *a)
         case OPT_MAX_DB:
             ok = tr_cli_size("collector", "max-db", optarg, &cc->opts.max_db_bytes);
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("collector", "grace", optarg, &a->grace_ms);
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            a->log_format = optarg;
-            break;
         case 'h':
             usage(stdout);
             return -1;
         default:
+            if (tr_cli_run_option("collector", c, optarg, &a->grace_ms, &a->log_level,
+                                  &a->log_format, &ok))
+                break;
             fprintf(stderr, "Try 'trellis collector --help'.\n");
             return TR_EXIT_USAGE;
         }

@@ -420,9 +420,6 @@ enum {
     OPT_HEADER_TIMEOUT,
     OPT_IDLE_TIMEOUT,
     OPT_BODY_TIMEOUT,
-    OPT_GRACE,
-    OPT_LOG_LEVEL,
-    OPT_LOG_FORMAT,
     OPT_FAIL_PERCENT,
     OPT_TAG
 };
@@ -435,9 +432,7 @@ static const struct option long_opts[] = {
     {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"body-timeout", required_argument, NULL, OPT_BODY_TIMEOUT},
-    {"grace", required_argument, NULL, OPT_GRACE},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    TR_CLI_RUN_OPTIONS,
     {"fail-percent", required_argument, NULL, OPT_FAIL_PERCENT},
     {"tag", required_argument, NULL, OPT_TAG},
     {"help", no_argument, NULL, 'h'},
@@ -478,15 +473,6 @@ static int parse_args(int argc, char **argv, echo_t *e, echo_args_t *a)
         case OPT_BODY_TIMEOUT:
             ok = tr_cli_duration("echo", "body-timeout", optarg, &e->http.body_timeout_ms);
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("echo", "grace", optarg, &a->grace_ms);
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            a->log_format = optarg;
-            break;
         case OPT_FAIL_PERCENT:
             ok = tr_cli_int("echo", "fail-percent", optarg, 0, 100, &e->fail_percent);
             break;
@@ -497,6 +483,9 @@ static int parse_args(int argc, char **argv, echo_t *e, echo_args_t *a)
             echo_usage(stdout);
             return -1;
         default:
+            if (tr_cli_run_option("echo", c, optarg, &a->grace_ms, &a->log_level, &a->log_format,
+                                  &ok))
+                break;
             fprintf(stderr, "Try 'trellis echo --help'.\n");
             return TR_EXIT_USAGE;
         }

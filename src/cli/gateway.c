@@ -52,7 +52,7 @@ static void usage(FILE *out)
             "  trellis gateway -c examples/gateway.yaml && curl localhost:8080/api/v1/echo\n");
 }
 
-enum { OPT_ADMIN = 256, OPT_GRACE, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_CHECK };
+enum { OPT_ADMIN = 256, OPT_CHECK };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -60,9 +60,7 @@ static const struct option long_opts[] = {
     {"admin", required_argument, NULL, OPT_ADMIN},
     {"workers", required_argument, NULL, 'w'},
     {"check", no_argument, NULL, OPT_CHECK},
-    {"grace", required_argument, NULL, OPT_GRACE},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    TR_CLI_RUN_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -98,19 +96,13 @@ static int parse_args(int argc, char **argv, args_t *a)
         case OPT_CHECK:
             a->check = true;
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("gateway", "grace", optarg, &a->grace_ms);
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            a->log_format = optarg;
-            break;
         case 'h':
             usage(stdout);
             return -1;
         default:
+            if (tr_cli_run_option("gateway", c, optarg, &a->grace_ms, &a->log_level, &a->log_format,
+                                  &ok))
+                break;
             fprintf(stderr, "Try 'trellis gateway --help'.\n");
             return TR_EXIT_USAGE;
         }

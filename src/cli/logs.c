@@ -93,9 +93,6 @@ enum {
     OPT_MAX_LINES,
     OPT_MAX_DB,
     OPT_MAX_AGE,
-    OPT_GRACE,
-    OPT_LOG_LEVEL,
-    OPT_LOG_FORMAT,
     OPT_SERVICE,
     OPT_CID,
     OPT_TID,
@@ -114,9 +111,7 @@ static const struct option serve_opts[] = {
     {"max-lines", required_argument, NULL, OPT_MAX_LINES},
     {"max-db", required_argument, NULL, OPT_MAX_DB},
     {"max-age", required_argument, NULL, OPT_MAX_AGE},
-    {"grace", required_argument, NULL, OPT_GRACE},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    TR_CLI_RUN_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -155,19 +150,13 @@ static int serve_parse(int argc, char **argv, serve_args_t *a)
         case OPT_MAX_AGE:
             ok = tr_cli_duration("logs serve", "max-age", optarg, &a->o.max_age_ms);
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("logs serve", "grace", optarg, &a->grace_ms);
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            a->log_format = optarg;
-            break;
         case 'h':
             serve_usage(stdout);
             return -1;
         default:
+            if (tr_cli_run_option("logs serve", c, optarg, &a->grace_ms, &a->log_level,
+                                  &a->log_format, &ok))
+                break;
             fprintf(stderr, "Try 'trellis logs serve --help'.\n");
             return TR_EXIT_USAGE;
         }

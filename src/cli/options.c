@@ -72,3 +72,21 @@ bool tr_cli_log_init(const char *cmd, const char *level, const char *format, con
     tr_log_init(&o);
     return true;
 }
+
+bool tr_cli_run_option(const char *cmd, int c, const char *arg, uint64_t *grace_ms,
+                       const char **log_level, const char **log_format, bool *ok)
+{
+    switch (c) {
+    case TR_CLI_OPT_GRACE:
+        *ok = tr_cli_duration(cmd, "grace", arg, grace_ms);
+        return true;
+    case TR_CLI_OPT_LOG_LEVEL:
+        *log_level = arg;
+        return true;
+    case TR_CLI_OPT_LOG_FORMAT:
+        *log_format = arg;
+        return true;
+    default:
+        return false;
+    }
+}

@@ -90,7 +90,7 @@ static void usage(FILE *out)
             "  curl -X PUT localhost:8500/v1/kv/config/db -d postgres://db:5432\n");
 }
 
-enum { OPT_NODE = 256, OPT_DC, OPT_MAX_BODY, OPT_GRACE, OPT_LOG_LEVEL, OPT_LOG_FORMAT };
+enum { OPT_NODE = 256, OPT_DC, OPT_MAX_BODY };
 
 static const struct option long_opts[] = {
     {"listen", required_argument, NULL, 'l'},
@@ -98,9 +98,7 @@ static const struct option long_opts[] = {
     {"node", required_argument, NULL, OPT_NODE},
     {"datacenter", required_argument, NULL, OPT_DC},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
-    {"grace", required_argument, NULL, OPT_GRACE},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    TR_CLI_RUN_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -132,19 +130,13 @@ static int parse_args(int argc, char **argv, registry_cmd_t *rc, args_t *a)
         case OPT_MAX_BODY:
             ok = tr_cli_size("registry", "max-body", optarg, &rc->http.max_body_bytes);
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("registry", "grace", optarg, &a->grace_ms);
-            break;
-        case OPT_LOG_LEVEL:
-            a->log_level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            a->log_format = optarg;
-            break;
         case 'h':
             usage(stdout);
             return -1;
         default:
+            if (tr_cli_run_option("registry", c, optarg, &a->grace_ms, &a->log_level,
+                                  &a->log_format, &ok))
+                break;
             fprintf(stderr, "Try 'trellis registry --help'.\n");
             return TR_EXIT_USAGE;
         }

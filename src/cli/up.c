@@ -769,18 +769,14 @@ static void usage(FILE *out)
             "  trellis up examples/echo/topology.yaml && curl localhost:8080/api/orders/echo\n");
 }
 
-enum { OPT_CHECK = 256, OPT_GRACE, OPT_LOG_LEVEL, OPT_LOG_FORMAT };
+enum { OPT_CHECK = 256 };
 
 int tr_cmd_up(int argc, char **argv)
 {
-    static const struct option opts[] = {{"listen", required_argument, NULL, 'l'},
-                                         {"workers", required_argument, NULL, 'w'},
-                                         {"check", no_argument, NULL, OPT_CHECK},
-                                         {"grace", required_argument, NULL, OPT_GRACE},
-                                         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-                                         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'l'}, {"workers", required_argument, NULL, 'w'},
+        {"check", no_argument, NULL, OPT_CHECK},  TR_CLI_RUN_OPTIONS,
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     const char *listen = NULL, *level = NULL, *format = NULL;
     long workers = 0;
     uint64_t grace = 60000;
@@ -799,19 +795,11 @@ int tr_cmd_up(int argc, char **argv)
         case OPT_CHECK:
             check = true;
             break;
-        case OPT_GRACE:
-            ok = tr_cli_duration("up", "grace", optarg, &grace);
-            break;
-        case OPT_LOG_LEVEL:
-            level = optarg;
-            break;
-        case OPT_LOG_FORMAT:
-            format = optarg;
-            break;
         case 'h':
             usage(stdout);
             return TR_EXIT_OK;
         default:
+            if (tr_cli_run_option("up", c, optarg, &grace, &level, &format, &ok)) break;
             fprintf(stderr, "Try 'trellis up --help'.\n");
             return TR_EXIT_USAGE;
         }
