@@ -259,7 +259,6 @@ static void on_state(tr_instance_t *i, tr_instance_state_t old, tr_instance_stat
     if (now == TR_INST_READY && !r->registered && !r->hold && !r->leaving)
         up_registry_call(up, r, true);
     if (now != TR_INST_READY && r->registered) up_registry_call(up, r, false);
-    up_rollout_instance_state(up, r, now);
     if (now == TR_INST_READY) {
         start_eligible(up);
         if (!up->all_ready_logged && all_ready(up)) {

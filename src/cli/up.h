@@ -101,8 +101,6 @@ void up_strv_free(char **v);
 /* /api/rollouts…: POST /api/rollouts/<svc> starts one, GET shows it and its history,
  * POST /api/rollouts/<svc>/abort rolls it back. */
 void up_rollout_handle(up_t *up, tr_http_req_t *req);
-/* Every state change of an instance (after up's own handling). */
-void up_rollout_instance_state(up_t *up, replica_t *r, tr_instance_state_t now);
 /* A rollout's JSON for /api/services; NULL when none. */
 json_t *up_rollout_summary(const svc_t *s);
 /* The control plane stops: timers closed, rollouts end where they are. */

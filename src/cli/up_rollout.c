@@ -431,7 +431,7 @@ static void tick(uv_timer_t *t)
         set_state(ro, ST_REVERTING);
         break;
     case ST_REVERTING:
-        if (in_state == 0 || in_state < TICK_MS) break; /* registrations first */
+        if (in_state < TICK_MS) break; /* the old replicas' registrations go first */
         for (size_t i = 0; i < ro->nfresh; i++)
             route(ro, ro->fresh[i], 0);
         if (in_state < TICK_MS + ro->drain_ms) break;
@@ -720,20 +720,9 @@ void up_rollout_handle(up_t *up, tr_http_req_t *req)
                             "GET shows the rollouts of a service, POST starts one");
         return;
     }
-    if (s->rollout) {
-        tr_http_res_problem(req, 409, "rollout-in-progress", "Rollout in progress",
-                            "\"%s\" is already rolling out %s; wait or abort it", name,
-                            s->rollout->to_version);
-        return;
-    }
+    /* start() checks for a rollout in progress once the body is in: another may have begun
+     * while it arrived. */
     tr_http_req_read_json(req, 65536, 0, start, s);
-}
-
-void up_rollout_instance_state(up_t *up, replica_t *r, tr_instance_state_t now)
-{
-    (void)up;
-    (void)r;
-    (void)now; /* the tick polls readiness; nothing to do at once */
 }
 
 void up_rollout_shutdown(up_t *up)

@@ -1,6 +1,8 @@
 /* The registry's SQLite database: schema migrations, the global index, transactions. */
 #include "registry/store.h"
 
+#include "core/sqlite.h"
+
 #include "core/mem.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
@@ -59,53 +61,10 @@ struct tr_store_s {
     int nstmts;
 };
 
-static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *path)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK) return 0;
-    snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(db));
-    sqlite3_free(msg);
-    return TR_EIO;
-}
-
-static int user_version(sqlite3 *db, int *out)
-{
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK) return TR_EIO;
-    int rc = sqlite3_step(s) == SQLITE_ROW ? 0 : TR_EIO;
-    *out = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    return rc;
-}
-
 /* Brings the schema to the newest version, one migration per transaction. */
 static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
-    int version;
-    if (user_version(db, &version) < 0) {
-        snprintf(err, errlen, "%s: cannot read the schema version: %s", path, sqlite3_errmsg(db));
-        return TR_EIO;
-    }
-    if (version > NMIGRATIONS) {
-        snprintf(err, errlen,
-                 "%s: schema version %d is newer than this trellis knows (%d); "
-                 "run a newer trellis or use another data directory",
-                 path, version, NMIGRATIONS);
-        return TR_ESTATE;
-    }
-    for (int v = version; v < NMIGRATIONS; v++) {
-        char bump[64];
-        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d;", v + 1);
-        if (exec(db, "BEGIN IMMEDIATE", err, errlen, path) < 0) return TR_EIO;
-        if (exec(db, migrations[v], err, errlen, path) < 0 ||
-            exec(db, bump, err, errlen, path) < 0 || exec(db, "COMMIT", err, errlen, path) < 0) {
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return TR_EIO;
-        }
-        tr_log_info("registry schema migrated", TR_LOG_STR("path", path),
-                    TR_LOG_INT("version", v + 1));
-    }
-    return 0;
+    return tr_sqlite_migrate(db, path, "registry", migrations, NMIGRATIONS, err, errlen);
 }
 
 static int load_index(tr_store_t *st, const char *path, char *err, size_t errlen)
@@ -139,7 +98,8 @@ static int configure(sqlite3 *db, const char *path, char *err, size_t errlen)
     }
     sqlite3_finalize(s);
     sqlite3_busy_timeout(db, 5000);
-    return exec(db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;", err, errlen, path);
+    return tr_sqlite_exec(db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;", err, errlen,
+                          path);
 }
 
 int tr_store_open(const char *path, tr_store_t **out, char *err, size_t errlen)

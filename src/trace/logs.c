@@ -2,6 +2,7 @@
 #include "trace/logs.h"
 
 #include "core/buf.h"
+#include "core/sqlite.h"
 #include "core/mem.h"
 #include "trellis/config.h"
 #include "trellis/error.h"
@@ -204,44 +205,9 @@ static const char *const migrations[] = {
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
-static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *path)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK) return 0;
-    snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(db));
-    sqlite3_free(msg);
-    return TR_EIO;
-}
-
-static int64_t pragma_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *s;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) return -1;
-    if (sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return v;
-}
-
 static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
-    int version = (int)pragma_int(db, "PRAGMA user_version");
-    if (version < 0 || version > NMIGRATIONS) {
-        snprintf(err, errlen, "%s: schema version %d is not one this trellis knows (0..%d)", path,
-                 version, NMIGRATIONS);
-        return TR_ESTATE;
-    }
-    for (int v = version; v < NMIGRATIONS; v++) {
-        char bump[64];
-        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d;", v + 1);
-        if (exec(db, "BEGIN IMMEDIATE", err, errlen, path) < 0) return TR_EIO;
-        if (exec(db, migrations[v], err, errlen, path) < 0 ||
-            exec(db, bump, err, errlen, path) < 0 || exec(db, "COMMIT", err, errlen, path) < 0) {
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-            return TR_EIO;
-        }
-    }
-    return 0;
+    return tr_sqlite_migrate(db, path, "logs", migrations, NMIGRATIONS, err, errlen);
 }
 
 /*
@@ -263,10 +229,10 @@ static int open_db(const char *path, sqlite3 **out, bool writer, char *err, size
     sqlite3_busy_timeout(db, 5000);
     int rc = 0;
     if (writer) {
-        rc = exec(db,
-                  "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL;"
-                  " PRAGMA synchronous=NORMAL;",
-                  err, errlen, path);
+        rc = tr_sqlite_exec(db,
+                            "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL;"
+                            " PRAGMA synchronous=NORMAL;",
+                            err, errlen, path);
         if (rc == 0) rc = migrate(db, path, err, errlen);
     }
     if (rc < 0) {
@@ -279,15 +245,15 @@ static int open_db(const char *path, sqlite3 **out, bool writer, char *err, size
 
 static uint64_t db_last_seq(sqlite3 *db)
 {
-    int64_t v = pragma_int(db, "SELECT coalesce(max(seq), 0) FROM lines");
+    int64_t v = tr_sqlite_int(db, "SELECT coalesce(max(seq), 0) FROM lines");
     return v > 0 ? (uint64_t)v : 0;
 }
 
 static uint64_t db_bytes(sqlite3 *db)
 {
-    int64_t pages = pragma_int(db, "PRAGMA page_count");
-    int64_t free_pages = pragma_int(db, "PRAGMA freelist_count");
-    int64_t size = pragma_int(db, "PRAGMA page_size");
+    int64_t pages = tr_sqlite_int(db, "PRAGMA page_count");
+    int64_t free_pages = tr_sqlite_int(db, "PRAGMA freelist_count");
+    int64_t size = tr_sqlite_int(db, "PRAGMA page_size");
     if (pages < 0 || free_pages < 0 || size < 0) return 0;
     return (uint64_t)(pages - free_pages) * (uint64_t)size;
 }
@@ -354,7 +320,7 @@ static void ring_drop_old(tr_logs_t *l, int64_t cutoff)
 static void db_shrink(sqlite3 *db, uint64_t max_bytes)
 {
     for (int round = 0; round < 64 && db_bytes(db) > max_bytes; round++) {
-        int64_t count = pragma_int(db, "SELECT count(*) FROM lines");
+        int64_t count = tr_sqlite_int(db, "SELECT count(*) FROM lines");
         if (count <= 0) break;
         int64_t chunk = count / 10 > 100 ? count / 10 : 100;
         sqlite3_stmt *s;

@@ -3,6 +3,7 @@
 
 #include "core/map.h"
 #include "core/mem.h"
+#include "core/sqlite.h"
 #include "trace/idmap.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
@@ -69,21 +70,12 @@ struct tr_tracestore_s {
 
 static int db_exec(tr_tracestore_t *st, const char *sql, char *err, size_t errlen)
 {
-    char *msg = NULL;
-    if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) == SQLITE_OK) return 0;
-    snprintf(err, errlen, "%s: %s", st->o.path, msg ? msg : sqlite3_errmsg(st->db));
-    sqlite3_free(msg);
-    return TR_EIO;
+    return tr_sqlite_exec(st->db, sql, err, errlen, st->o.path);
 }
 
 static int64_t db_int(tr_tracestore_t *st, const char *sql)
 {
-    sqlite3_stmt *s;
-    int64_t v = -1;
-    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) return -1;
-    if (sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return v;
+    return tr_sqlite_int(st->db, sql);
 }
 
 /*
@@ -108,25 +100,7 @@ static void sql_tkey(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 
 static int db_migrate(tr_tracestore_t *st, char *err, size_t errlen)
 {
-    int version = (int)db_int(st, "PRAGMA user_version");
-    if (version < 0 || version > NMIGRATIONS) {
-        snprintf(err, errlen,
-                 "%s: schema version %d is not one this trellis knows (1-%d); use another "
-                 "data directory or a newer trellis",
-                 st->o.path, version, NMIGRATIONS);
-        return TR_ESTATE;
-    }
-    for (int v = version; v < NMIGRATIONS; v++) {
-        char bump[64];
-        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d;", v + 1);
-        if (db_exec(st, "BEGIN IMMEDIATE", err, errlen) < 0) return TR_EIO;
-        if (db_exec(st, migrations[v], err, errlen) < 0 || db_exec(st, bump, err, errlen) < 0 ||
-            db_exec(st, "COMMIT", err, errlen) < 0) {
-            sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-            return TR_EIO;
-        }
-    }
-    return 0;
+    return tr_sqlite_migrate(st->db, st->o.path, "traces", migrations, NMIGRATIONS, err, errlen);
 }
 
 /*
