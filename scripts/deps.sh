@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates procps
   clang clang-format libclang-rt-14-dev
-  libuv1-dev libhttp-parser-dev libjansson-dev libyaml-dev libsqlite3-dev
+  libuv1-dev libhttp-parser-dev libjansson-dev libcjson-dev libyaml-dev libsqlite3-dev
   libssl-dev libcmocka-dev
   nodejs
   wrk nginx-light haproxy prometheus

@@ -1,8 +1,9 @@
-/* A per-thread bump arena for jansson's allocations while a request body is parsed. */
+/* A per-thread bump arena for jansson's and cJSON's allocations while a request body is parsed. */
 #include "core/json_arena.h"
 
 #include "core/mem.h"
 
+#include <cjson/cJSON.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -89,6 +90,20 @@ json_t *tr_json_arena_loadb(const char *buf, size_t len, json_error_t *err)
     return doc;
 }
 
+cJSON *tr_json_arena_parse(const char *buf, size_t len, size_t *err_offset)
+{
+    const char *end = NULL;
+    arena.active = true;
+    cJSON *doc = cJSON_ParseWithLengthOpts(buf, len, &end, false);
+    arena.active = false;
+    if (!end) end = buf;
+    while (doc && end < buf + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (doc && end < buf + len) doc = NULL; /* something after the value */
+    if (!doc) *err_offset = (size_t)(end - buf);
+    return doc;
+}
+
 void tr_json_arena_reset(void)
 {
     size_t kept = 0;
@@ -118,10 +133,12 @@ static void on_thread_exit(void *unused)
     arena.nblocks = arena.cap = 0;
 }
 
-/* Installed before main so every jansson allocation of the process sees the same pair. */
+/* Installed before main so every jansson and cJSON allocation of the process sees the same pair. */
 __attribute__((constructor)) static void install(void)
 {
     pthread_key_create(&exit_key, on_thread_exit);
     json_set_alloc_funcs(arena_malloc, arena_free);
+    cJSON_Hooks hooks = {.malloc_fn = arena_malloc, .free_fn = arena_free};
+    cJSON_InitHooks(&hooks);
     installed = true;
 }

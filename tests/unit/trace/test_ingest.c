@@ -92,6 +92,32 @@ static void test_otlp_times_enums_unknown(void **state)
     tr__span_batch_free(&b);
 }
 
+/* Times and intValue as numbers past 2^53, where a double is no longer exact. */
+static void test_otlp_numbers_exact(void **state)
+{
+    (void)state;
+    tr_span_batch_t b;
+    char err[256];
+    assert_int_equal(otlp(SPAN("{\"traceId\":\"0123456789abcdef0123456789abcdef\","
+                               "\"spanId\":\"0123456789abcdef\",\"name\":\"a\",\"name\":\"b\","
+                               "\"startTimeUnixNano\":1700000000000000001,"
+                               "\"endTimeUnixNano\":1700000000000000503,"
+                               "\"attributes\":[{\"key\":\"big\",\"value\":{\"intValue\":"
+                               "9007199254740993}},{\"key\":\"d\",\"value\":{\"doubleValue\":"
+                               "0.5}}],\"events\":[{\"name\":\"e\",\"timeUnixNano\":"
+                               "1700000000000000007}]}"),
+                          &b, err),
+                     0);
+    assert_int_equal(b.n, 1);
+    tr_cspan_t *s = b.spans[0];
+    assert_true(s->start_ns == 1700000000000000001ULL);
+    assert_true(s->end_ns == 1700000000000000503ULL);
+    assert_string_equal(s->name, "b"); /* a repeated member: the last one counts */
+    assert_non_null(strstr(s->detail, "\"big\":9007199254740993,\"d\":0.5"));
+    assert_non_null(strstr(s->detail, "\"timeUnixNano\":\"1700000000000000007\""));
+    tr__span_batch_free(&b);
+}
+
 static void test_otlp_semconv_correlation_header(void **state)
 {
     (void)state;
@@ -138,6 +164,8 @@ static void test_otlp_malformed(void **state)
     char err[256];
     assert_int_equal(otlp("{not json", &b, err), TR_EPARSE);
     assert_non_null(strstr(err, "not JSON"));
+    assert_int_equal(otlp("{}\n {} x", &b, err), TR_EPARSE); /* text after the value */
+    assert_non_null(strstr(err, "line 2, column 2"));
     assert_int_equal(otlp("[1,2]", &b, err), TR_EPARSE);
     assert_int_equal(otlp("{\"resourceSpans\":{}}", &b, err), TR_EPARSE);
     assert_int_equal(otlp("{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":3}]}]}", &b, err),
@@ -282,6 +310,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_otlp_example),
         cmocka_unit_test(test_otlp_times_enums_unknown),
+        cmocka_unit_test(test_otlp_numbers_exact),
         cmocka_unit_test(test_otlp_semconv_correlation_header),
         cmocka_unit_test(test_otlp_partial_rejects),
         cmocka_unit_test(test_otlp_malformed),
