@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEMO_ARGS ?=
 NODE_TEST_FLAGS ?= --test-concurrency=1
 
-.PHONY: all build deps demo test test-unit test-e2e test-interop test-asan format format-check bench bench-http bench-gateway fuzz clean
+.PHONY: all build deps demo test test-demo test-unit test-e2e test-interop test-asan format format-check bench bench-http bench-gateway bench-shop fuzz clean
 
 all: build
 
@@ -22,6 +22,10 @@ build: $(BUILD)/build.ninja
 
 demo: deps build
 	@scripts/demo.sh $(DEMO_ARGS)
+
+# The demo story as a test: `make demo DEMO_ARGS=--once` without the set-up step.
+test-demo: build
+	scripts/demo.sh --once
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
@@ -54,9 +58,13 @@ test-asan: $(ASAN_BUILD)/build.ninja
 	  tests/interop/consul-api-go.sh
 
 test: deps format-check
-	$(MAKE) test-unit test-e2e test-interop test-asan
+	$(MAKE) test-unit test-e2e test-demo test-interop test-asan
 
 bench: bench-http bench-gateway
+
+# The shop through the gateway (wrk, JWT on every request) and its services' idle RSS.
+bench-shop: deps build
+	bench/shop.sh
 
 bench-http: deps build
 	bench/http.sh

@@ -1,50 +1,60 @@
 #!/usr/bin/env bash
-# `make demo`: runs trellis echo (the shop example arrives with later work) and shows how
-# to try it. With --once it checks a few endpoints, stops the service and exits.
-set -euo pipefail
+# `make demo`: runs the shop (examples/shop) with `trellis up` and tells its story in the
+# terminal (examples/shop/demo.mjs), then keeps the shop running until Ctrl-C.
+# `make demo DEMO_ARGS=--once` tells the story and exits: 0 only if every step behaved as
+# told (make test runs it). Data lives in examples/shop/.trellis (--once starts afresh).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${TRELLIS_BIN:-build/trellis}
-LISTEN=${DEMO_LISTEN:-127.0.0.1:8090}
 ONCE=0
 [ "${1:-}" = "--once" ] && ONCE=1
+TOPOLOGY=examples/shop/topology.yaml
+STATE=examples/shop/.trellis
+READY_TIMEOUT=60
 
-if [ $ONCE = 0 ]; then
-  cat <<MSG
+for port in 8080 8500 4318 9411 9901; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo: port $port is in use; the shop's topology needs 8080, 8500, 4318, 9411 and 9901." >&2
+    echo "      Stop what listens there (another 'make demo'?) and try again." >&2
+    exit 1
+  fi
+done
+[ $ONCE = 1 ] && rm -rf "$STATE"
+mkdir -p "$STATE"
+LOG="$STATE/up.log"
 
-  trellis echo is starting on http://$LISTEN   (Ctrl-C stops it)
+"$BIN" up "$TOPOLOGY" --log-format json > "$STATE/up.out" 2> "$LOG" &
+UP=$!
+stop_up() {
+  kill -TERM "$UP" 2>/dev/null || return 0
+  for _ in $(seq 1 150); do kill -0 "$UP" 2>/dev/null || return 0; sleep 0.1; done
+  echo "demo: trellis up did not stop within 15 s; killing it" >&2
+  kill -KILL "$UP" 2>/dev/null || true
+}
+trap stop_up EXIT
+trap 'echo; echo "demo: stopping the shop…"; exit 0' INT TERM
 
-  Try, in another terminal:
-    curl -i http://$LISTEN/                     # hello
-    curl -s http://$LISTEN/echo -d 'hi'         # your request back as JSON
-    curl -i http://$LISTEN/status/503           # any status
-    curl -s http://$LISTEN/delay/500            # a slow answer
-    curl -s http://$LISTEN/stream/3             # a chunked response
-    curl -s http://$LISTEN/metrics              # Prometheus metrics
-    curl -i http://$LISTEN/echo -H 'Transfer-Encoding: chunked' -H 'Content-Length: 3' -d abc
-                                                # request smuggling attempt -> 400 problem+json
-
-MSG
-  exec "$BIN" echo --listen "$LISTEN"
+echo "demo: starting the shop: $BIN up $TOPOLOGY   (log: $LOG)"
+ready=0
+for _ in $(seq 1 $((READY_TIMEOUT * 10))); do
+  if grep -q '"msg":"up: all services ready"' "$LOG" 2>/dev/null; then ready=1; break; fi
+  kill -0 "$UP" 2>/dev/null || break
+  sleep 0.1
+done
+if [ $ready = 0 ]; then
+  echo "demo: the shop did not become ready within ${READY_TIMEOUT} s. The last log lines:" >&2
+  tail -n 30 "$LOG" >&2
+  exit 1
 fi
 
-"$BIN" echo --listen 127.0.0.1:0 --log-format json --workers 2 2> /tmp/trellis-demo.$$.log &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f /tmp/trellis-demo.$$.log' EXIT
-ADDR=""
-for _ in $(seq 1 100); do
-  ADDR=$(grep -o '"addr":"[^"]*"' /tmp/trellis-demo.$$.log | head -1 | cut -d'"' -f4 || true)
-  [ -n "$ADDR" ] && break
-  sleep 0.05
-done
-[ -n "$ADDR" ] || { echo "demo: trellis echo did not start" >&2; cat /tmp/trellis-demo.$$.log >&2; exit 1; }
-fail=0
-check() { # description, expected, actual
-  if [ "$2" = "$3" ]; then echo "  ok   $1"; else echo "  FAIL $1: expected '$2', got '$3'"; fail=1; fi
-}
-check "GET / says hello" "hello" "$(curl -s --max-time 5 "http://$ADDR/")"
-check "/status/503 answers 503" "503" "$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$ADDR/status/503")"
-check "/echo returns the body" '"hi"' "$(curl -s --max-time 5 "http://$ADDR/echo" -d hi | grep -o '"body":"hi"' | cut -d: -f2)"
-check "smuggling attempt is refused" "400" "$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$ADDR/echo" -H 'Transfer-Encoding: chunked' -H 'Content-Length: 3' -d abc)"
-kill -TERM $PID
-wait $PID && check "SIGTERM stops it cleanly" 0 0 || check "SIGTERM stops it cleanly" 0 $?
-exit $fail
+node examples/shop/demo.mjs --trellis "$BIN"
+rc=$?
+if [ $ONCE = 1 ]; then
+  stop_up
+  trap - EXIT
+  exit $rc
+fi
+echo
+echo "The shop keeps running (gateway http://127.0.0.1:8080, control plane http://127.0.0.1:8500)."
+echo "Try examples/shop/README.md's walk-through in another terminal. Ctrl-C stops everything."
+wait "$UP"

@@ -20,7 +20,8 @@
     X(CANCELED, -30011, "operation canceled")                                                      \
     X(UNSUPPORTED, -30012, "not supported")                                                        \
     X(STATE, -30013, "operation not valid in the current state")                                   \
-    X(IO, -30014, "input/output error")
+    X(IO, -30014, "input/output error")                                                            \
+    X(CIRCUIT_OPEN, -30015, "circuit breaker open")
 
 enum tr_errno {
 #define TR_ERR_ENUM(name, code, msg) TR_E##name = (code),

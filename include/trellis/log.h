@@ -114,6 +114,8 @@ const char *tr_log_level_name(tr_log_level_t level);
  */
 void tr_log_context_set(const char *correlation_id, const char *trace_id);
 void tr_log_context_clear(void);
+/* The calling thread's current context (NULLs when none), e.g. to restore it later. */
+void tr_log_context_get(const char **correlation_id, const char **trace_id);
 
 /*
  * Installs a sink that receives every line written, after it has been written to the fd

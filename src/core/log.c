@@ -167,6 +167,12 @@ void tr_log_context_set(const char *correlation_id, const char *trace_id)
     tl_trace_id = trace_id;
 }
 
+void tr_log_context_get(const char **correlation_id, const char **trace_id)
+{
+    *correlation_id = tl_correlation_id;
+    *trace_id = tl_trace_id;
+}
+
 void tr_log_context_clear(void)
 {
     tl_correlation_id = NULL;

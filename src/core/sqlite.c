@@ -43,6 +43,14 @@ int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
         char bump[64];
         snprintf(bump, sizeof(bump), "PRAGMA user_version = %d;", v + 1);
         if (tr_sqlite_exec(db, "BEGIN IMMEDIATE", err, errlen, path) < 0) return TR_EIO;
+        /* Another process (a second replica) may have migrated while this one waited for
+         * the write lock: go on from the version the file has now. */
+        int64_t now = tr_sqlite_int(db, "PRAGMA user_version");
+        if (now > v) {
+            if (tr_sqlite_exec(db, "COMMIT", err, errlen, path) < 0) return TR_EIO;
+            v = (int)now - 1;
+            continue;
+        }
         if (tr_sqlite_exec(db, migrations[v], err, errlen, path) < 0 ||
             tr_sqlite_exec(db, bump, err, errlen, path) < 0 ||
             tr_sqlite_exec(db, "COMMIT", err, errlen, path) < 0) {

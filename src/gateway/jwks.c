@@ -28,7 +28,8 @@ struct tr_jwks_s {
     uv_async_t async;    /* tr_jwks_refresh from other threads */
     atomic_bool want_refresh;
     bool in_flight, resolving, timed_out, failing, closing;
-    uint64_t last_start_ms; /* uv_now when the last fetch started */
+    uint64_t last_start_ms;      /* uv_now when the last fetch started */
+    uint64_t startup_backoff_ms; /* retry delay while no key was ever loaded */
     unsigned char body_hash[32];
     tr_jwt_keyset_t *keys;
     uint64_t fetches, failures;
@@ -71,6 +72,12 @@ static void fetch_failed(tr_jwks_t *j, int err, int status, const char *detail)
                 TR_LOG_STR("detail", detail ? detail : ""),
                 TR_LOG_UINT("keys", tr_jwt_keyset_count(j->keys)));
     uint64_t ms = j->o.retry_ms < j->o.refresh_ms ? j->o.retry_ms : j->o.refresh_ms;
+    if (!j->keys) {
+        /* No key yet: the issuer is likely starting alongside the gateway (`trellis up`), and
+         * every token fails until a fetch works, so try again soon: 500 ms, doubling. */
+        j->startup_backoff_ms = j->startup_backoff_ms ? j->startup_backoff_ms * 2 : 500;
+        if (j->startup_backoff_ms < ms) ms = j->startup_backoff_ms;
+    }
     schedule(j, ms);
 }
 

@@ -29,9 +29,12 @@ export function withDeadline(promise, timeout, what) {
  * Starts `trellis echo` on a free 127.0.0.1 port with JSON logs and waits for its
  * "listening" line. Returns {port, proc, pid, stderr(), waitLog(re), stop(), exited}.
  */
-export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
-  const argv = ['echo', '--listen', '127.0.0.1:0', '--log-format', 'json', ...args];
-  const proc = spawn(BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Collects a child's stdout and stderr. Returns {exited (resolves {code, signal}),
+ * waitLog(re, timeout) (the first stderr line matching re, already seen or future; rejects
+ * at the deadline or when the child exits first), stderr(), stdout()}.
+ */
+export function watchOutput(proc, what = 'trellis') {
   let err = '';
   let out = '';
   const waiters = [];
@@ -45,7 +48,6 @@ export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
     err += d;
     for (const w of waiters.slice()) w();
   });
-  /** Resolves with the first stderr line matching re (already seen or future). */
   const waitLog = (re, timeout = ms(5000)) => withDeadline(new Promise((resolve, reject) => {
     const check = () => {
       const line = err.split('\n').find((l) => re.test(l));
@@ -57,11 +59,17 @@ export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
     waiters.push(check);
     exited.then(({ code, signal }) => {
       check();
-      reject(new Error(`trellis exited (code ${code}, signal ${signal}) before logging ${re}; stderr:\n${err}`));
+      reject(new Error(`${what} exited (code ${code}, signal ${signal}) before logging ${re}; stderr:\n${err}`));
     });
     check();
-  }), timeout, `trellis log line ${re}; stderr so far:\n${err}`);
+  }), timeout, `${what} log line ${re}; stderr so far:\n${err}`);
+  return { exited, waitLog, stderr: () => err, stdout: () => out };
+}
 
+export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
+  const argv = ['echo', '--listen', '127.0.0.1:0', '--log-format', 'json', ...args];
+  const proc = spawn(BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const { exited, waitLog, stderr, stdout } = watchOutput(proc);
   let line;
   try {
     line = await waitLog(/"msg":"listening"/, startTimeout);
@@ -80,12 +88,12 @@ export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
     pid: proc.pid,
     exited,
     waitLog,
-    stderr: () => err,
-    stdout: () => out,
+    stderr,
+    stdout,
     /** Asserts stderr has no sanitizer report (only meaningful on the sanitized build). */
     checkSanitizer() {
-      const bad = err.split('\n').filter((l) => /ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:/.test(l));
-      assert.deepEqual(bad, [], `sanitizer reports in trellis stderr:\n${err}`);
+      const bad = stderr().split('\n').filter((l) => /ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:/.test(l));
+      assert.deepEqual(bad, [], `sanitizer reports in trellis stderr:\n${stderr()}`);
     },
     /** SIGTERM, wait (SIGKILL after the deadline), assert a clean exit 0. */
     async stop({ timeout = ms(15000), signal = 'SIGTERM' } = {}) {
@@ -104,7 +112,7 @@ export async function startEcho(args = [], { startTimeout = ms(5000) } = {}) {
         })();
       }
       const res = await stopped;
-      assert.deepEqual(res, { code: 0, signal: null }, `trellis exit status; stderr:\n${err}`);
+      assert.deepEqual(res, { code: 0, signal: null }, `trellis exit status; stderr:\n${stderr()}`);
       if (SANITIZED) srv.checkSanitizer();
       return res;
     },

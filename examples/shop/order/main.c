@@ -1,0 +1,436 @@
+/*
+ * The shop's order service: takes orders after asking catalog for names and prices and
+ * inventory for stock (with a fallback: when inventory cannot answer, the order is pending).
+ */
+#include <trellis/app.h>
+#include <trellis/log.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#define DEFAULT_NAME    "order"
+#define MAX_ITEMS       50
+#define MAX_QUANTITY    100
+#define DEFAULT_LIMIT   20
+#define MAX_LIMIT       100
+#define DEFAULT_OPEN_MS 2000
+
+static const char *const migrations[] = {
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,"
+    "  status TEXT NOT NULL CHECK (status IN ('created', 'pending', 'cancelled')),"
+    "  stock_check TEXT NOT NULL CHECK (stock_check IN ('verified', 'deferred')),"
+    "  items_json TEXT NOT NULL, total_cents INTEGER NOT NULL,"
+    "  currency TEXT NOT NULL DEFAULT 'EUR',"
+    "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),"
+    "  correlation_id TEXT);"
+    "CREATE INDEX orders_by_customer ON orders (customer_id, id);"
+    "CREATE INDEX orders_by_status ON orders (status, id);",
+    NULL};
+
+#define ORDER_COLUMNS                                                                              \
+    "id, customer_id, status, stock_check, items_json, total_cents, currency, created_at,"         \
+    " correlation_id"
+
+struct order_req_s;
+
+/* One item of an order being placed: what the client asked and what catalog said. */
+typedef struct line_s {
+    struct order_req_s *o;
+    size_t index;
+    int64_t product_id, quantity;
+    const char *name; /* ctx memory */
+    int64_t unit_price_cents;
+} line_t;
+
+/* POST /orders in flight: the answers of the calls it made so far (ctx memory). */
+typedef struct order_req_s {
+    tr_ctx_t *ctx;
+    int64_t customer_id;
+    line_t *lines;
+    size_t n;
+    size_t outstanding; /* calls of the current phase not answered yet */
+    bool catalog_down;  /* a catalog call failed (no answer, 5xx, odd body) */
+    bool deferred;      /* an inventory answer came from the fallback */
+    ssize_t unknown_at; /* first item catalog does not know, or -1 */
+    ssize_t short_at;   /* first item inventory has too little of, or -1 */
+    int64_t short_available;
+} order_req_t;
+
+static void internal_error(tr_ctx_t *ctx)
+{
+    tr_ctx_problem(ctx, 500, "internal", "Internal error",
+                   "the order database failed; the service's log says why");
+}
+
+static bool int_in(const json_t *v, int64_t lo, int64_t hi)
+{
+    return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
+}
+
+/* Answers 422 with a detail that names the field; returns false for the caller to return. */
+static bool invalid(tr_ctx_t *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool invalid(tr_ctx_t *ctx, const char *fmt, ...)
+{
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    tr_ctx_problem(ctx, 422, "invalid-order", "Invalid order", "%s", detail);
+    return false;
+}
+
+static json_t *order_json(tr_db_t *db, int64_t id)
+{
+    return tr_db_row(db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", "i", id);
+}
+
+/* ---- POST /orders: validate, ask catalog, ask inventory, store ---- */
+
+/* Reads one item of the body into l; false after answering 422. */
+static bool parse_line(tr_ctx_t *ctx, const json_t *it, size_t i, line_t *lines)
+{
+    const json_t *pid = json_object_get(it, "product_id");
+    const json_t *qty = json_object_get(it, "quantity");
+    if (!int_in(pid, 1, INT64_MAX))
+        return invalid(ctx, "\"items[%zu].product_id\" must be a positive integer", i);
+    if (!int_in(qty, 1, MAX_QUANTITY))
+        return invalid(ctx, "\"items[%zu].quantity\" must be an integer from 1 to %d", i,
+                       MAX_QUANTITY);
+    lines[i].index = i;
+    lines[i].product_id = json_integer_value(pid);
+    lines[i].quantity = json_integer_value(qty);
+    for (size_t j = 0; j < i; j++)
+        if (lines[j].product_id == lines[i].product_id)
+            return invalid(ctx, "\"items[%zu].product_id\" repeats product %lld of items[%zu]", i,
+                           (long long)lines[i].product_id, j);
+    return true;
+}
+
+/* The validated request, or NULL after answering 422. */
+static order_req_t *parse_order(tr_ctx_t *ctx)
+{
+    const json_t *body = tr_ctx_body(ctx);
+    const json_t *customer = json_object_get(body, "customer_id");
+    const json_t *items = json_object_get(body, "items");
+    if (!int_in(customer, 1, INT64_MAX)) {
+        invalid(ctx, "\"customer_id\" must be a positive integer");
+        return NULL;
+    }
+    size_t n = json_array_size(items);
+    if (!json_is_array(items) || n < 1 || n > MAX_ITEMS) {
+        invalid(ctx, "\"items\" must be an array of 1 to %d items", MAX_ITEMS);
+        return NULL;
+    }
+    order_req_t *o = tr_ctx_alloc(ctx, sizeof(*o));
+    *o = (order_req_t){.ctx = ctx,
+                       .customer_id = json_integer_value(customer),
+                       .n = n,
+                       .unknown_at = -1,
+                       .short_at = -1};
+    o->lines = tr_ctx_alloc(ctx, n * sizeof(*o->lines));
+    for (size_t i = 0; i < n; i++) {
+        o->lines[i] = (line_t){.o = o};
+        if (!parse_line(ctx, json_array_get(items, i), i, o->lines)) return NULL;
+    }
+    return o;
+}
+
+static void store_order(order_req_t *o)
+{
+    tr_ctx_t *ctx = o->ctx;
+    tr_db_t *db = tr_ctx_db(ctx);
+    json_t *items = json_array();
+    int64_t total = 0;
+    for (size_t i = 0; i < o->n; i++) {
+        const line_t *l = &o->lines[i];
+        json_array_append_new(items,
+                              json_pack("{sI,ss,sI,sI}", "product_id", (json_int_t)l->product_id,
+                                        "name", l->name, "quantity", (json_int_t)l->quantity,
+                                        "unit_price_cents", (json_int_t)l->unit_price_cents));
+        total += l->quantity * l->unit_price_cents;
+    }
+    const char *status = o->deferred ? "pending" : "created";
+    const char *check = o->deferred ? "deferred" : "verified";
+    int rc = tr_db_run(db,
+                       "INSERT INTO orders (customer_id, status, stock_check, items_json,"
+                       " total_cents, correlation_id) VALUES (?, ?, ?, ?, ?, ?)",
+                       "issjis", o->customer_id, status, check, items, total,
+                       tr_ctx_correlation_id(ctx));
+    json_decref(items);
+    int64_t id = rc < 0 ? 0 : tr_db_last_id(db);
+    json_t *order = id ? order_json(db, id) : NULL;
+    if (!order) {
+        internal_error(ctx);
+        return;
+    }
+    tr_log_info("order created", TR_LOG_INT("order_id", id),
+                TR_LOG_INT("customer_id", o->customer_id), TR_LOG_STR("status", status),
+                TR_LOG_STR("stock_check", check), TR_LOG_INT("total_cents", total));
+    char location[64];
+    snprintf(location, sizeof(location), "/orders/%lld", (long long)id);
+    tr_ctx_set_header(ctx, "location", location);
+    tr_ctx_reply_json(ctx, 201, order);
+}
+
+static void after_stock(order_req_t *o)
+{
+    if (o->short_at >= 0) {
+        const line_t *l = &o->lines[o->short_at];
+        tr_ctx_problem(o->ctx, 409, "out-of-stock", "Out of stock",
+                       "product %lld: %lld available, %lld requested", (long long)l->product_id,
+                       (long long)o->short_available, (long long)l->quantity);
+        return;
+    }
+    store_order(o);
+}
+
+/* A real answer that shows too little stock wins over a deferred one: we know it is short. */
+static void on_stock(tr_ctx_t *ctx, const tr_call_result_t *r, void *data)
+{
+    (void)ctx;
+    line_t *l = data;
+    order_req_t *o = l->o;
+    const json_t *available = json_object_get(r->json, "available");
+    int64_t have = -1;
+    if (r->fallback)
+        o->deferred = true;
+    else if (r->status == 200 && json_is_integer(available))
+        have = json_integer_value(available);
+    else if (r->status == 404) /* inventory has no stock record for it */
+        have = 0;
+    else
+        o->deferred = true; /* an answer we cannot use: check later */
+    if (have >= 0 && have < l->quantity && (o->short_at < 0 || (size_t)o->short_at > l->index)) {
+        o->short_at = (ssize_t)l->index;
+        o->short_available = have;
+    }
+    if (--o->outstanding == 0) after_stock(o);
+}
+
+/* Asks inventory about every item at once; the last answer goes on. */
+static void check_stock(order_req_t *o)
+{
+    o->outstanding = o->n;
+    for (size_t i = 0; i < o->n; i++) {
+        char target[64];
+        snprintf(target, sizeof(target), "/stock/%lld", (long long)o->lines[i].product_id);
+        tr_ctx_call(o->ctx, "inventory", "GET", target, NULL, on_stock, &o->lines[i]);
+    }
+}
+
+static void after_catalog(order_req_t *o)
+{
+    if (o->catalog_down) {
+        tr_ctx_problem(o->ctx, 503, "catalog-unavailable", "Catalog unavailable",
+                       "the catalog service did not answer; try again shortly");
+    } else if (o->unknown_at >= 0) {
+        invalid(o->ctx, "\"items[%zd].product_id\": unknown product %lld", o->unknown_at,
+                (long long)o->lines[o->unknown_at].product_id);
+    } else {
+        check_stock(o);
+    }
+}
+
+static void on_product(tr_ctx_t *ctx, const tr_call_result_t *r, void *data)
+{
+    line_t *l = data;
+    order_req_t *o = l->o;
+    const char *name = json_string_value(json_object_get(r->json, "name"));
+    const json_t *price = json_object_get(r->json, "price_cents");
+    if (r->status == 200 && name && int_in(price, 0, INT32_MAX)) {
+        size_t len = strlen(name) + 1;
+        l->name = memcpy(tr_ctx_alloc(ctx, len), name, len);
+        l->unit_price_cents = json_integer_value(price);
+    } else if (r->status == 404) {
+        if (o->unknown_at < 0 || (size_t)o->unknown_at > l->index)
+            o->unknown_at = (ssize_t)l->index;
+    } else {
+        o->catalog_down = true;
+    }
+    if (--o->outstanding == 0) after_catalog(o);
+}
+
+static void post_order(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    order_req_t *o = parse_order(ctx);
+    if (!o) return;
+    /* Count every call first: a call's callback may run before tr_ctx_call returns. */
+    o->outstanding = o->n;
+    for (size_t i = 0; i < o->n; i++) {
+        char target[64];
+        snprintf(target, sizeof(target), "/products/%lld", (long long)o->lines[i].product_id);
+        tr_ctx_call(ctx, "catalog", "GET", target, NULL, on_product, &o->lines[i]);
+    }
+}
+
+/* ---- reading and cancelling ---- */
+
+static bool order_param(tr_ctx_t *ctx, int64_t *id)
+{
+    if (tr_ctx_param_id(ctx, "id", id)) return true;
+    tr_ctx_problem(ctx, 400, "bad-id", "Bad order id", "the order id must be a positive integer");
+    return false;
+}
+
+static void not_found(tr_ctx_t *ctx, int64_t id)
+{
+    tr_ctx_problem(ctx, 404, "not-found", "Unknown order", "order %lld does not exist",
+                   (long long)id);
+}
+
+static void get_order(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    int64_t id;
+    if (!order_param(ctx, &id)) return;
+    json_t *order = order_json(tr_ctx_db(ctx), id);
+    if (order)
+        tr_ctx_reply_json(ctx, 200, order);
+    else
+        not_found(ctx, id);
+}
+
+/* A query value as an integer from lo to hi; `def` when absent; false when malformed. */
+static bool query_int(tr_ctx_t *ctx, const char *name, int64_t lo, int64_t hi, int64_t def,
+                      int64_t *out)
+{
+    const char *s = tr_ctx_query(ctx, name);
+    *out = def;
+    if (!s) return true;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        tr_ctx_problem(ctx, 400, "bad-query", "Bad query parameter",
+                       "\"%s\" must be an integer from %lld to %lld", name, (long long)lo,
+                       (long long)hi);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static void list_orders(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    int64_t customer, limit;
+    if (!query_int(ctx, "customer_id", 1, INT64_MAX, 0, &customer) ||
+        !query_int(ctx, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT, &limit))
+        return;
+    const char *status = tr_ctx_query(ctx, "status");
+    if (status && strcmp(status, "created") && strcmp(status, "pending") &&
+        strcmp(status, "cancelled")) {
+        tr_ctx_problem(ctx, 400, "bad-query", "Bad query parameter",
+                       "\"status\" must be created, pending or cancelled");
+        return;
+    }
+    json_t *rows = tr_db_rows(tr_ctx_db(ctx), NULL,
+                              "SELECT " ORDER_COLUMNS " FROM orders"
+                              " WHERE (?1 = 0 OR customer_id = ?1) AND (?2 IS NULL OR status = ?2)"
+                              " ORDER BY id DESC LIMIT ?3",
+                              "isi", customer, status, limit);
+    if (!rows) {
+        internal_error(ctx);
+        return;
+    }
+    tr_ctx_reply_json(ctx, 200, json_pack("{so}", "items", rows));
+}
+
+static void cancel_order(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    int64_t id;
+    if (!order_param(ctx, &id)) return;
+    tr_db_t *db = tr_ctx_db(ctx);
+    int rc = tr_db_run(
+        db, "UPDATE orders SET status = 'cancelled' WHERE id = ? AND status <> 'cancelled'", "i",
+        id);
+    json_t *order = rc < 0 ? NULL : order_json(db, id);
+    if (rc < 0)
+        internal_error(ctx);
+    else if (!order)
+        not_found(ctx, id);
+    else if (rc == 0) {
+        json_decref(order);
+        tr_ctx_problem(ctx, 409, "already-cancelled", "Order already cancelled",
+                       "order %lld is cancelled already", (long long)id);
+    } else
+        tr_ctx_reply_json(ctx, 200, order);
+}
+
+/* ---- the program ---- */
+
+/* Inventory cannot tell: the order is taken as pending and its stock checked later. */
+static json_t *stock_unknown(tr_ctx_t *ctx, const char *service, int err, int *status, void *data)
+{
+    (void)ctx, (void)service, (void)err, (void)data;
+    *status = 200;
+    return json_pack("{sn,ss}", "available", "source", "fallback");
+}
+
+static void declare_services(tr_app_t *app)
+{
+    const char *env = getenv("SHOP_BREAKER_OPEN_MS");
+    long long open_ms = env && *env ? atoll(env) : DEFAULT_OPEN_MS;
+    tr_call_policy_t p;
+    tr_call_policy_init(&p);
+    p.timeout_ms = 1000;
+    p.breaker.open_ms = open_ms > 0 ? (uint64_t)open_ms : DEFAULT_OPEN_MS;
+    tr_app_service(app, "catalog", &p); /* no fallback: no prices, no order */
+    p.retries = 1;
+    p.breaker.consecutive_failures = 3;
+    p.fallback = stock_unknown;
+    tr_app_service(app, "inventory", &p);
+}
+
+static void usage(FILE *to)
+{
+    fprintf(to, "usage: shop-order [--help]\n"
+                "\n"
+                "The shop's order service (examples/shop/API.md); calls catalog and inventory.\n"
+                "\n"
+                "environment:\n"
+                "  PORT                  port to listen on, on 127.0.0.1 (8080)\n"
+                "  SHOP_DATA_DIR         directory of the database <service>.db (./.data)\n"
+                "  TRELLIS_REGISTRY      registry for discovery and registration (127.0.0.1:8500)\n"
+                "  TRELLIS_SERVICE       service name (order)\n"
+                "  SHOP_BREAKER_OPEN_MS  how long a tripped breaker stays open (2000)\n"
+                "\n"
+                "example:\n"
+                "  PORT=7004 SHOP_DATA_DIR=/tmp/shop shop-order\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    tr_app_options_t o;
+    char err[256], db_path[4096];
+    tr_app_options_init(&o);
+    const char *name = getenv("TRELLIS_SERVICE");
+    if (!name || !*name) name = o.name = DEFAULT_NAME;
+    const char *dir = getenv("SHOP_DATA_DIR");
+    snprintf(db_path, sizeof(db_path), "%s/%s.db", dir && *dir ? dir : "./.data", name);
+    o.db_path = db_path;
+    o.migrations = migrations;
+    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
+    if (!app) {
+        fprintf(stderr, "shop-order: %s\n", err);
+        return 2;
+    }
+    declare_services(app);
+    tr_app_route(app, "POST", "/orders", post_order, NULL);
+    tr_app_route(app, "GET", "/orders", list_orders, NULL);
+    tr_app_route(app, "GET", "/orders/{id}", get_order, NULL);
+    tr_app_route(app, "POST", "/orders/{id}/cancel", cancel_order, NULL);
+    int rc = tr_app_run(app);
+    tr_app_free(app);
+    return rc ? 1 : 0;
+}
