@@ -23,7 +23,9 @@ done
 mkdir -p "$STATE"
 LOG="$STATE/up.log"
 
-"$BIN" up "$TOPOLOGY" --log-format json > "$STATE/up.out" 2> "$LOG" &
+# In its own session, so Ctrl-C reaches only this script, which then stops `trellis up`
+# once (a second signal would skip the services' grace period).
+setsid "$BIN" up "$TOPOLOGY" --log-format json > "$STATE/up.out" 2> "$LOG" &
 UP=$!
 stop_up() {
   kill -TERM "$UP" 2>/dev/null || return 0

@@ -246,9 +246,8 @@ gw_config_t *gw_current_config(tr_gateway_t *gw)
 
 /* ---- JWKS (worker 0 runs the fetchers of the config it serves) */
 
-static void on_jwks_keys(tr_jwt_keyset_t *set, void *data)
+static void set_keys(gw_jwt_t *j, tr_jwt_keyset_t *set)
 {
-    gw_jwt_t *j = data;
     /*
      * Readers load the pointer and verify synchronously, never holding it across a loop
      * turn; keeping the replaced set alive until the next refresh (at least 30 s later)
@@ -257,15 +256,44 @@ static void on_jwks_keys(tr_jwt_keyset_t *set, void *data)
     tr_jwt_keyset_t *old = atomic_exchange(&j->keys, tr_jwt_keyset_retain(set));
     tr_jwt_keyset_release(j->retired);
     j->retired = old;
-    tr_log_info("gateway: JWKS keys updated", TR_LOG_STR("url", j->jwks_url),
-                TR_LOG_UINT("keys", tr_jwt_keyset_count(set)));
 }
 
+static void on_jwks_keys(tr_jwt_keyset_t *set, void *data)
+{
+    gw_jwt_t *lead = data;
+    size_t routes = 1;
+    set_keys(lead, set);
+    for (gw_jwt_t *f = lead->next_follower; f; f = f->next_follower, routes++)
+        set_keys(f, set);
+    tr_log_info("gateway: JWKS keys updated", TR_LOG_STR("url", lead->jwks_url),
+                TR_LOG_UINT("keys", tr_jwt_keyset_count(set)), TR_LOG_UINT("routes", routes));
+}
+
+/* The route of cfg before `upto` whose JWT fetches `url` (the leader), or NULL. */
+static gw_jwt_t *jwks_leader(gw_config_t *cfg, size_t upto, const char *url)
+{
+    for (size_t k = 0; k < upto; k++) {
+        gw_jwt_t *o = cfg->routes[k].jwt;
+        if (o && o->fetcher && !strcmp(o->jwks_url, url)) return o;
+    }
+    return NULL;
+}
+
+/* One fetcher per distinct JWKS URL (the first route's refresh and timeout settings). */
 static void jwks_start(gw_worker_t *wk, gw_config_t *cfg)
 {
     for (size_t i = 0; i < cfg->nroutes; i++) {
         gw_jwt_t *j = cfg->routes[i].jwt;
-        if (!j || !j->jwks_url || j->fetcher) continue;
+        if (!j || !j->jwks_url || j->fetcher || j->leader) continue;
+        gw_jwt_t *lead = jwks_leader(cfg, i, j->jwks_url);
+        if (lead) {
+            j->leader = lead;
+            j->next_follower = lead->next_follower;
+            lead->next_follower = j;
+            tr_jwt_keyset_t *now = atomic_load(&lead->keys);
+            if (now) set_keys(j, now);
+            continue;
+        }
         tr_jwks_options_t o;
         tr_jwks_options_init(&o);
         o.url = j->jwks_url;
@@ -285,17 +313,18 @@ static void jwks_stop(gw_config_t *cfg)
 {
     for (size_t i = 0; i < cfg->nroutes; i++) {
         gw_jwt_t *j = cfg->routes[i].jwt;
-        if (j && j->fetcher) {
-            tr_jwks_close(j->fetcher, NULL);
-            j->fetcher = NULL;
-        }
+        if (!j) continue;
+        if (j->fetcher) tr_jwks_close(j->fetcher, NULL);
+        j->fetcher = NULL;
+        j->leader = j->next_follower = NULL;
     }
 }
 
 void gw_jwks_unknown_kid(gw_worker_t *wk, gw_jwt_t *j)
 {
     (void)wk;
-    if (j->fetcher) tr_jwks_refresh(j->fetcher); /* thread-safe and rate limited */
+    gw_jwt_t *f = j->leader ? j->leader : j;
+    if (f->fetcher) tr_jwks_refresh(f->fetcher); /* thread-safe and rate limited */
 }
 
 /* ---- access log */

@@ -89,6 +89,9 @@ typedef struct gw_jwt_s {
     bool optional;             /* a request without a token passes (claims are not forwarded) */
     struct tr_jwks_s *fetcher; /* on worker 0's loop while this config is worker 0's */
     tr_jwt_keyset_t *retired;  /* the set before the current one, kept one refresh longer */
+    /* Routes with the same JWKS URL share one fetcher: the first such route's (the leader);
+     * the others follow it and get every key set it fetches. */
+    struct gw_jwt_s *leader, *next_follower;
 } gw_jwt_t;
 
 typedef struct gw_fallback_s {

@@ -80,6 +80,11 @@ function config(extra = [], hotVersion = 0) {
         // test 'JWKS: every documented jwks key is accepted'); rotation may then take 30 s.
         auth: { jwt: { jwks: { url: jwksUrl(), refresh: '5m' } } },
       },
+      // The same issuer on a second route: one fetcher serves both.
+      {
+        name: 'jwks-b', match: { prefix: '/jwksb' }, strip_prefix: true, upstream: 'e',
+        auth: { jwt: { jwks: { url: jwksUrl(), refresh: '5m' } } },
+      },
       { name: 'rl', match: { prefix: '/rl' }, strip_prefix: true, upstream: 'e', rate_limit: { rate: '100/minute' } },
       {
         name: 'agg', match: { exact: '/agg' },
@@ -188,12 +193,17 @@ test('JWKS: keys from the issuer; rotation picked up after an unknown kid trigge
   const t1 = sign(jwks1.privateKey, 'RS256', 'k1', { iss: undefined, aud: undefined });
   await until(async () => (await request(gw.port, '/jwks/echo', { headers: bearer(t1) })).status === 200,
     { timeout: ms(10000), every: 200, what: 'a k1 token accepted once the JWKS is loaded' });
+  assert.equal((await request(gw.port, '/jwksb/echo', { headers: bearer(t1) })).status, 200,
+    'the second route with the same JWKS URL has the keys too');
+  assert.equal(jwksFetches, 1, 'two routes trusting one issuer fetch its JWKS once');
   const fetchesBefore = jwksFetches;
   jwksDoc = { keys: [jwk(jwks2, 'k2')] };
   const t2 = sign(jwks2.privateKey, 'RS256', 'k2', { iss: undefined, aud: undefined });
   await until(async () => (await request(gw.port, '/jwks/echo', { headers: bearer(t2) })).status === 200,
     { timeout: ms(40000), every: 300, what: 'the new kid k2 accepted after the refresh (min_refresh_interval 30s)' });
   assert.ok(jwksFetches > fetchesBefore, 'the unknown kid made the gateway fetch the JWKS again');
+  assert.equal((await request(gw.port, '/jwksb/echo', { headers: bearer(t2) })).status, 200,
+    'the rotation reached the second route too');
   await rejected('/jwks/echo', t1, 'unknown kid');
 });
 
