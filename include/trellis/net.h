@@ -16,7 +16,8 @@ void tr_net_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 
 /*
  * Opens `n` non-blocking listening sockets on `addr` with SO_REUSEPORT so each worker
- * loop accepts on its own. With port 0 every socket shares the one port the kernel
+ * loop accepts on its own (one socket: no SO_REUSEPORT, so a port in use is an error,
+ * never silently shared). With port 0 every socket shares the one port the kernel
  * picked. On success fds[0..n-1] are owned by the caller and *bound holds the
  * address actually bound. On failure nothing stays open and a UV_E* code is returned.
  */

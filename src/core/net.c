@@ -3,6 +3,8 @@
 
 #include "trellis/error.h"
 
+#include <stdbool.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -91,13 +93,13 @@ static socklen_t addr_len(const struct sockaddr_storage *a)
     return a->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-static int open_one(const struct sockaddr_storage *addr, int backlog)
+static int open_one(const struct sockaddr_storage *addr, int backlog, bool reuseport)
 {
     int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) ||
         bind(fd, (const struct sockaddr *)addr, addr_len(addr)) || listen(fd, backlog)) {
         int err = -errno;
         close(fd);
@@ -111,7 +113,9 @@ int tr_net_listen(const struct sockaddr_storage *addr, int n, int backlog, int *
 {
     struct sockaddr_storage want = *addr;
     for (int i = 0; i < n; i++) {
-        int fd = open_one(&want, backlog);
+        /* One socket needs no SO_REUSEPORT, and without it a second process that binds
+         * the same port fails with EADDRINUSE instead of silently sharing the traffic. */
+        int fd = open_one(&want, backlog, n > 1);
         if (fd < 0) {
             while (i-- > 0)
                 close(fds[i]);

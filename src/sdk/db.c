@@ -250,30 +250,33 @@ static json_t *collect(tr_db_t *db, sqlite3_stmt *st, const char *sql, bool all,
     return out;
 }
 
-json_t *tr_db_row(tr_db_t *db, int *err, const char *sql, const char *types, ...)
+static json_t *query(tr_db_t *db, int *err, const char *sql, const char *types, bool all,
+                     va_list ap)
 {
-    va_list ap;
-    va_start(ap, types);
     sqlite3_stmt *st = start(db, sql, types, ap);
-    va_end(ap);
     if (!st) {
         if (err) *err = TR_EIO;
         return NULL;
     }
-    return collect(db, st, sql, false, err);
+    return collect(db, st, sql, all, err);
+}
+
+json_t *tr_db_row(tr_db_t *db, int *err, const char *sql, const char *types, ...)
+{
+    va_list ap;
+    va_start(ap, types);
+    json_t *row = query(db, err, sql, types, false, ap);
+    va_end(ap);
+    return row;
 }
 
 json_t *tr_db_rows(tr_db_t *db, int *err, const char *sql, const char *types, ...)
 {
     va_list ap;
     va_start(ap, types);
-    sqlite3_stmt *st = start(db, sql, types, ap);
+    json_t *rows = query(db, err, sql, types, true, ap);
     va_end(ap);
-    if (!st) {
-        if (err) *err = TR_EIO;
-        return NULL;
-    }
-    return collect(db, st, sql, true, err);
+    return rows;
 }
 
 int64_t tr_db_int(tr_db_t *db, int64_t fallback, const char *sql, const char *types, ...)

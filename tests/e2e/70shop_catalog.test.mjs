@@ -8,19 +8,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startShopService, shopBin } from './lib/shop.mjs';
+import { startShopService, shopBin, assertShopProblem as problem } from './lib/shop.mjs';
 
 const PRODUCT_KEYS = ['category', 'category_id', 'currency', 'description', 'id', 'name', 'price_cents', 'sku'];
-
-/** Asserts a problem+json answer with `status` and type slug; returns the problem. */
-function problem(res, status, slug) {
-  assert.equal(res.status, status, `status; body: ${res.text}`);
-  assert.match(res.headers['content-type'], /^application\/problem\+json/);
-  assert.equal(res.json.type, `https://trellis.dev/problems/${slug}`, res.text);
-  assert.equal(res.json.status, status);
-  assert.ok(res.json.detail.length > 0, 'a detail says what to fix');
-  return res.json;
-}
 
 function assertProduct(p) {
   assert.deepEqual(Object.keys(p).sort(), PRODUCT_KEYS, JSON.stringify(p));

@@ -7,19 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startShopService, shopBin } from './lib/shop.mjs';
+import { startShopService, shopBin, assertShopProblem as problem } from './lib/shop.mjs';
 
 const RFC3339_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
-
-/** Asserts a problem+json answer with `status` and type slug; returns the problem. */
-function problem(res, status, slug) {
-  assert.equal(res.status, status, `status; body: ${res.text}`);
-  assert.match(res.headers['content-type'], /^application\/problem\+json/);
-  assert.equal(res.json.type, `https://trellis.dev/problems/${slug}`, res.text);
-  assert.equal(res.json.status, status);
-  assert.ok(res.json.detail.length > 0, 'a detail says what to fix');
-  return res.json;
-}
 
 let seq = 0;
 const uniqueEmail = (local = 'user') => `${local}.${process.pid}.${++seq}@example.com`;

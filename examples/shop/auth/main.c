@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shop.h"
+
 #define ISSUER       "https://auth.shop.local"
 #define AUDIENCE     "shop-api"
 #define TOKEN_TTL_S  3600
@@ -224,59 +226,42 @@ static int make_dirs(const char *path)
     return 0;
 }
 
-static void usage(void)
+static auth_t auth; /* the signing key and JWKS of this process, made once at start */
+
+static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    printf("Usage: shop-auth\n\n"
-           "The shop's demo identity provider: POST /token {\"username\",\"password\":\"demo\"}\n"
-           "answers an RS256 access token (iss %s, aud %s, 1 h); GET /.well-known/jwks.json\n"
-           "publishes the public key for the gateway. The key pair is made at first start as\n"
-           "$SHOP_DATA_DIR/auth-key.pem (mode 0600) and shared by every replica.\n\n"
-           "Environment: PORT (8080), SHOP_DATA_DIR (./.data), TRELLIS_SERVICE (auth),\n"
-           "TRELLIS_REGISTRY (127.0.0.1:8500), OTEL_EXPORTER_OTLP_ENDPOINT.\n",
-           ISSUER, AUDIENCE);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/auth-key.pem", shop_data_dir());
+    if (make_dirs(path)) {
+        snprintf(err, errlen, "cannot create %s: %s", shop_data_dir(), strerror(errno));
+        return -1;
+    }
+    auth.key = load_or_make_key(path);
+    if (!auth.key) {
+        snprintf(err, errlen, "cannot read or make the signing key %s", path);
+        return -1;
+    }
+    make_kid(auth.key, auth.kid);
+    auth.jwks = make_jwks(&auth);
+    tr_app_route(app, "GET", "/.well-known/jwks.json", get_jwks, &auth);
+    tr_app_route(app, "POST", "/token", post_token, &auth);
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc > 1) {
-        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
-        if (help)
-            usage();
-        else
-            fprintf(stderr, "shop-auth: unexpected argument '%s'; try --help\n", argv[1]);
-        return help ? 0 : 2;
-    }
-    tr_app_options_t o;
-    tr_app_options_init(&o);
-    if (!getenv("TRELLIS_SERVICE")) o.name = "auth";
-    char err[256];
-    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "shop-auth: %s\n", err);
-        return 2;
-    }
-    const char *dir = getenv("SHOP_DATA_DIR");
-    if (!dir || !*dir) dir = "./.data";
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/auth-key.pem", dir);
-    if (make_dirs(path)) {
-        fprintf(stderr, "shop-auth: cannot create %s: %s\n", dir, strerror(errno));
-        tr_app_free(app);
-        return 1;
-    }
-    auth_t a = {.key = load_or_make_key(path)};
-    if (!a.key) {
-        fprintf(stderr, "shop-auth: cannot read or make the signing key %s\n", path);
-        tr_app_free(app);
-        return 1;
-    }
-    make_kid(a.key, a.kid);
-    a.jwks = make_jwks(&a);
-    tr_app_route(app, "GET", "/.well-known/jwks.json", get_jwks, &a);
-    tr_app_route(app, "POST", "/token", post_token, &a);
-    int rc = tr_app_run(app);
-    tr_app_free(app);
-    free(a.jwks);
-    EVP_PKEY_free(a.key);
-    return rc ? 1 : 0;
+    static const shop_service_t service = {
+        .name = "auth",
+        .about =
+            "The shop's demo identity provider: POST /token {\"username\",\"password\":\"demo\"}\n"
+            "answers an RS256 access token (iss " ISSUER ", aud " AUDIENCE ", 1 h);\n"
+            "GET /.well-known/jwks.json publishes the public key for the gateway. The key\n"
+            "pair is made at first start as $SHOP_DATA_DIR/auth-key.pem (mode 0600) and\n"
+            "shared by every replica.\n",
+        .setup = setup,
+    };
+    int rc = shop_main(&service, argc, argv);
+    free(auth.jwks);
+    EVP_PKEY_free(auth.key);
+    return rc;
 }

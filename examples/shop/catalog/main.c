@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shop.h"
+
 #define SKU_MAX         64
 #define NAME_MAX_LEN    200
 #define DESCRIPTION_MAX 4000
@@ -366,51 +368,26 @@ static void patch_product(tr_ctx_t *ctx, void *data)
 
 /* ---- main ---- */
 
-static void usage(FILE *out)
+static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    fputs("Usage: shop-catalog [--help]\n"
-          "\n"
-          "The shop's catalog service: products and categories over HTTP\n"
-          "(examples/shop/API.md), stored in SQLite and seeded with 12 products.\n"
-          "\n"
-          "Environment:\n"
-          "  PORT              port to listen on, on 127.0.0.1 (default 8080)\n"
-          "  SHOP_DATA_DIR     directory of the database catalog.db (default ./.data)\n"
-          "  TRELLIS_REGISTRY  registry to register with, ip:port (default 127.0.0.1:8500)\n"
-          "  TRELLIS_SERVICE   service name (default catalog)\n"
-          "\n"
-          "Example:\n"
-          "  PORT=7001 SHOP_DATA_DIR=/tmp/shop shop-catalog\n",
-          out);
-}
-
-int main(int argc, char **argv)
-{
-    if (argc > 1) {
-        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
-    tr_app_options_t o;
-    char err[512], db_path[4096];
-    tr_app_options_init(&o);
-    /* The SDK takes $TRELLIS_SERVICE only when name is NULL. */
-    if (!getenv("TRELLIS_SERVICE")) o.name = "catalog";
-    const char *dir = getenv("SHOP_DATA_DIR");
-    snprintf(db_path, sizeof(db_path), "%s/catalog.db", dir && *dir ? dir : "./.data");
-    o.db_path = db_path;
-    o.migrations = migrations;
-    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "shop-catalog: %s\n", err);
-        return 1;
-    }
+    (void)err;
+    (void)errlen;
     tr_app_route(app, "GET", "/categories", list_categories, NULL);
     tr_app_route(app, "GET", "/products", list_products, NULL);
     tr_app_route(app, "POST", "/products", create_product, NULL);
     tr_app_route(app, "GET", "/products/{id}", get_product, NULL);
     tr_app_route(app, "PATCH", "/products/{id}", patch_product, NULL);
-    int rc = tr_app_run(app);
-    tr_app_free(app);
-    return rc ? 1 : 0;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const shop_service_t service = {
+        .name = "catalog",
+        .about = "The shop's catalog service: products and categories over HTTP\n"
+                 "(examples/shop/API.md), stored in SQLite and seeded with 12 products.\n",
+        .migrations = migrations,
+        .setup = setup,
+    };
+    return shop_main(&service, argc, argv);
 }

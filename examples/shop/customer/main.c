@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shop.h"
+
 #define EMAIL_MAX    254 /* RFC 5321's limit on a forward path */
 #define NAME_MAX_LEN 200
 #define LINE_MAX_LEN 200
@@ -387,45 +389,10 @@ static void delete_address(tr_ctx_t *ctx, void *data)
 
 /* ---- main ---- */
 
-static void usage(FILE *out)
+static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    fputs("Usage: shop-customer [--help]\n"
-          "\n"
-          "The shop's customer service: customer profiles and their addresses over HTTP\n"
-          "(examples/shop/API.md), stored in SQLite.\n"
-          "\n"
-          "Environment:\n"
-          "  PORT              port to listen on, on 127.0.0.1 (default 8080)\n"
-          "  SHOP_DATA_DIR     directory of the database customer.db (default ./.data)\n"
-          "  TRELLIS_REGISTRY  registry to register with, ip:port (default 127.0.0.1:8500)\n"
-          "  TRELLIS_SERVICE   service name (default customer)\n"
-          "\n"
-          "Example:\n"
-          "  PORT=7002 SHOP_DATA_DIR=/tmp/shop shop-customer\n",
-          out);
-}
-
-int main(int argc, char **argv)
-{
-    if (argc > 1) {
-        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
-    tr_app_options_t o;
-    char err[512], db_path[4096];
-    tr_app_options_init(&o);
-    /* The SDK takes $TRELLIS_SERVICE only when name is NULL. */
-    if (!getenv("TRELLIS_SERVICE")) o.name = "customer";
-    const char *dir = getenv("SHOP_DATA_DIR");
-    snprintf(db_path, sizeof(db_path), "%s/customer.db", dir && *dir ? dir : "./.data");
-    o.db_path = db_path;
-    o.migrations = migrations;
-    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "shop-customer: %s\n", err);
-        return 1;
-    }
+    (void)err;
+    (void)errlen;
     tr_app_route(app, "POST", "/customers", create_customer, NULL);
     tr_app_route(app, "GET", "/customers", list_customers, NULL);
     tr_app_route(app, "GET", "/customers/{id}", get_customer, NULL);
@@ -433,7 +400,17 @@ int main(int argc, char **argv)
     tr_app_route(app, "POST", "/customers/{id}/addresses", create_address, NULL);
     tr_app_route(app, "GET", "/customers/{id}/addresses", list_addresses, NULL);
     tr_app_route(app, "DELETE", "/customers/{id}/addresses/{address_id}", delete_address, NULL);
-    int rc = tr_app_run(app);
-    tr_app_free(app);
-    return rc ? 1 : 0;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const shop_service_t service = {
+        .name = "customer",
+        .about = "The shop's customer service: customer profiles and their addresses over HTTP\n"
+                 "(examples/shop/API.md), stored in SQLite.\n",
+        .migrations = migrations,
+        .setup = setup,
+    };
+    return shop_main(&service, argc, argv);
 }

@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/types.h>
 
-#define DEFAULT_NAME  "inventory"
+#include "shop.h"
+
 #define DEFAULT_TTL_S 900
 #define MAX_TTL_S     86400
 #define MAX_ITEMS     100
@@ -436,50 +438,27 @@ static void release_reservation(tr_ctx_t *ctx, void *data)
 
 /* ---- the program ---- */
 
-static void usage(FILE *to)
+static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    fprintf(to, "usage: shop-inventory [--help]\n"
-                "\n"
-                "The shop's inventory service: stock and reservations (examples/shop/API.md).\n"
-                "\n"
-                "environment:\n"
-                "  PORT              port to listen on, on 127.0.0.1 (8080)\n"
-                "  SHOP_DATA_DIR     directory of the database <service>.db (./.data)\n"
-                "  TRELLIS_REGISTRY  registry to register with, ip:port (127.0.0.1:8500)\n"
-                "  TRELLIS_SERVICE   service name (inventory)\n"
-                "\n"
-                "example:\n"
-                "  PORT=7003 SHOP_DATA_DIR=/tmp/shop shop-inventory\n");
-}
-
-int main(int argc, char **argv)
-{
-    if (argc > 1) {
-        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
-    tr_app_options_t o;
-    char err[256], db_path[4096];
-    tr_app_options_init(&o);
-    const char *name = getenv("TRELLIS_SERVICE");
-    if (!name || !*name) name = o.name = DEFAULT_NAME;
-    const char *dir = getenv("SHOP_DATA_DIR");
-    snprintf(db_path, sizeof(db_path), "%s/%s.db", dir && *dir ? dir : "./.data", name);
-    o.db_path = db_path;
-    o.migrations = migrations;
-    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "shop-inventory: %s\n", err);
-        return 2;
-    }
+    (void)err;
+    (void)errlen;
     tr_app_route(app, "GET", "/stock/{product_id}", get_stock, NULL);
     tr_app_route(app, "PUT", "/stock/{product_id}", put_stock, NULL);
     tr_app_route(app, "POST", "/reservations", post_reservation, NULL);
     tr_app_route(app, "GET", "/reservations/{id}", get_reservation, NULL);
     tr_app_route(app, "POST", "/reservations/{id}/confirm", confirm_reservation, NULL);
     tr_app_route(app, "DELETE", "/reservations/{id}", release_reservation, NULL);
-    int rc = tr_app_run(app);
-    tr_app_free(app);
-    return rc ? 1 : 0;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const shop_service_t service = {
+        .name = "inventory",
+        .about = "The shop's inventory service: stock and reservations with expiry\n"
+                 "(examples/shop/API.md), stored in SQLite and seeded with stock.\n",
+        .migrations = migrations,
+        .setup = setup,
+    };
+    return shop_main(&service, argc, argv);
 }

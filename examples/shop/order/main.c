@@ -11,7 +11,8 @@
 #include <string.h>
 #include <sys/types.h>
 
-#define DEFAULT_NAME    "order"
+#include "shop.h"
+
 #define MAX_ITEMS       50
 #define MAX_QUANTITY    100
 #define DEFAULT_LIMIT   20
@@ -387,50 +388,28 @@ static void declare_services(tr_app_t *app)
     tr_app_service(app, "inventory", &p);
 }
 
-static void usage(FILE *to)
+static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    fprintf(to, "usage: shop-order [--help]\n"
-                "\n"
-                "The shop's order service (examples/shop/API.md); calls catalog and inventory.\n"
-                "\n"
-                "environment:\n"
-                "  PORT                  port to listen on, on 127.0.0.1 (8080)\n"
-                "  SHOP_DATA_DIR         directory of the database <service>.db (./.data)\n"
-                "  TRELLIS_REGISTRY      registry for discovery and registration (127.0.0.1:8500)\n"
-                "  TRELLIS_SERVICE       service name (order)\n"
-                "  SHOP_BREAKER_OPEN_MS  how long a tripped breaker stays open (2000)\n"
-                "\n"
-                "example:\n"
-                "  PORT=7004 SHOP_DATA_DIR=/tmp/shop shop-order\n");
-}
-
-int main(int argc, char **argv)
-{
-    if (argc > 1) {
-        bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
-    tr_app_options_t o;
-    char err[256], db_path[4096];
-    tr_app_options_init(&o);
-    const char *name = getenv("TRELLIS_SERVICE");
-    if (!name || !*name) name = o.name = DEFAULT_NAME;
-    const char *dir = getenv("SHOP_DATA_DIR");
-    snprintf(db_path, sizeof(db_path), "%s/%s.db", dir && *dir ? dir : "./.data", name);
-    o.db_path = db_path;
-    o.migrations = migrations;
-    tr_app_t *app = tr_app_new(&o, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "shop-order: %s\n", err);
-        return 2;
-    }
+    (void)err;
+    (void)errlen;
     declare_services(app);
     tr_app_route(app, "POST", "/orders", post_order, NULL);
     tr_app_route(app, "GET", "/orders", list_orders, NULL);
     tr_app_route(app, "GET", "/orders/{id}", get_order, NULL);
     tr_app_route(app, "POST", "/orders/{id}/cancel", cancel_order, NULL);
-    int rc = tr_app_run(app);
-    tr_app_free(app);
-    return rc ? 1 : 0;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const shop_service_t service = {
+        .name = "order",
+        .about =
+            "The shop's order service (examples/shop/API.md): calls catalog for names and prices\n"
+            "and inventory for stock (with a fallback when inventory cannot answer).\n"
+            "SHOP_BREAKER_OPEN_MS sets how long a tripped breaker stays open (2000).\n",
+        .migrations = migrations,
+        .setup = setup,
+    };
+    return shop_main(&service, argc, argv);
 }

@@ -1,12 +1,13 @@
 // Helpers for the shop services' end-to-end tests: run one service binary of
 // examples/shop (build/shop-<name>) on a free port with its own data directory, and talk
 // to it over HTTP. Every wait has a deadline.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BIN, SANITIZED, ms, watchOutput, withDeadline } from './trellis.mjs';
-import { freePort, request } from './gateway.mjs';
+import { request } from './gateway.mjs';
 
 const SANITIZER_RE = /ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:/;
 
@@ -23,12 +24,11 @@ export function shopBin(name) {
  * stop(), kill(), exited}.
  */
 export async function startShopService(name, { registry, env = {}, dataDir, startTimeout = ms(10000) } = {}) {
-  const port = await freePort();
   const ownDir = !dataDir;
   dataDir = dataDir || mkdtempSync(path.join(os.tmpdir(), `shop-${name}-`));
   const childEnv = {
     ...process.env,
-    PORT: String(port),
+    PORT: '0', // the kernel picks; the "app: serving" line says which (no probe-and-release race)
     TRELLIS_SERVICE: name,
     SHOP_DATA_DIR: dataDir,
     TRELLIS_LOG_FORMAT: 'json',
@@ -39,7 +39,8 @@ export async function startShopService(name, { registry, env = {}, dataDir, star
   if (registry) delete childEnv.TRELLIS_INSTANCE;
   const proc = spawn(shopBin(name), [], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv });
   const { exited, waitLog, stderr } = watchOutput(proc, `shop-${name}`);
-  await waitLog(/"msg":"app: serving"/, startTimeout);
+  const serving = JSON.parse(await waitLog(/"msg":"app: serving"/, startTimeout));
+  const port = Number(serving.addr.split(':').pop());
   const svc = {
     name, port, addr: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}`, proc, dataDir, exited, waitLog,
     logs: stderr,
@@ -63,4 +64,19 @@ export async function startShopService(name, { registry, env = {}, dataDir, star
     kill() { proc.kill('SIGKILL'); return exited; },
   };
   return svc;
+}
+
+/**
+ * Asserts a problem+json answer (RFC 9457) with this status, and this type slug when given,
+ * whose detail says what to fix; returns the problem.
+ */
+export function assertShopProblem(res, status, slug) {
+  assert.equal(res.status, status, `status; body: ${res.text}`);
+  assert.match(res.headers['content-type'] || '', /^application\/problem\+json/, res.text);
+  const p = res.json;
+  assert.equal(p.status, status);
+  assert.match(p.type, /^https:\/\/trellis\.dev\/problems\/[a-z0-9-]+$/);
+  if (slug) assert.equal(p.type, `https://trellis.dev/problems/${slug}`, res.text);
+  assert.ok(typeof p.detail === 'string' && p.detail.length > 0, 'a detail says what to fix');
+  return p;
 }
