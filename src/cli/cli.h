@@ -19,6 +19,7 @@ int tr_cmd_trace(int argc, char **argv);
 int tr_cmd_up(int argc, char **argv);
 int tr_cmd_ps(int argc, char **argv);
 int tr_cmd_rollout(int argc, char **argv);
+int tr_cmd_saga(int argc, char **argv);
 int tr_cmd_service_control(int argc, char **argv);
 int tr_cmd_version(int argc, char **argv);
 

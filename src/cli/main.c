@@ -19,6 +19,7 @@ static const command_t commands[] = {
     {"registry", tr_cmd_registry, "run the service registry (Consul HTTP API)"},
     {"rollout", tr_cmd_rollout, "move a service to a new version: canary, blue-green, rolling"},
     {"restart", tr_cmd_service_control, "restart a service of the running `trellis up`"},
+    {"saga", tr_cmd_saga, "list, show, start, retry or abort sagas (trellis up)"},
     {"scale", tr_cmd_service_control, "change a service's replica count (trellis up)"},
     {"start", tr_cmd_service_control, "start a stopped service (trellis up)"},
     {"stop", tr_cmd_service_control, "stop a service without restarting it (trellis up)"},

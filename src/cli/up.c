@@ -5,6 +5,7 @@
 #include "core/buf.h"
 #include "core/mem.h"
 #include "gateway/gateway.h"
+#include "saga/saga.h"
 #include "registry/registry.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/topology.h"
@@ -450,6 +451,8 @@ static void on_api(tr_http_req_t *req, void *data)
     } else if (path_has(req, "/api/traces") || path_has(req, "/api/dependencies") ||
                path_has(req, "/api/v2/")) {
         tr_collector_handle(req, up->collector);
+    } else if (up->sagas && tr_saga_handle(up->sagas, req)) {
+        /* answered (or will be) by the saga orchestrator */
     } else if (path_is(req, "/metrics")) {
         tr_buf_t b = TR_BUF_INIT;
         tr_metrics_render(tr_metrics_default(), &b);
@@ -465,7 +468,8 @@ static void on_api(tr_http_req_t *req, void *data)
         tr_http_res_problem(
             req, 404, "not-found", "Not found",
             "the control plane serves /v1/ (registry), /api/services, /api/rollouts, /api/logs, "
-            "/api/traces, /api/dependencies, /metrics and /health/*");
+            "/api/traces, /api/dependencies, /api/sagas, /api/saga-definitions, /metrics and "
+            "/health/*");
     }
 }
 
@@ -508,6 +512,28 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- workers */
 
+/* The saga orchestrator: its database in the data directory, the topology's definitions,
+ * then every saga an earlier run left unfinished resumes. */
+static int open_sagas(up_t *up, uv_loop_t *loop)
+{
+    char err[512], path[4200];
+    snprintf(path, sizeof(path), "%s/sagas.db", up->cp->data_dir);
+    tr_saga_options_t so = {
+        .db_path = path, .hub = up->hub, .spans = up->sink, .service_name = "saga"};
+    int e = tr_saga_engine_open(loop, &so, &up->sagas, err, sizeof(err));
+    if (e) {
+        tr_log_error("up: cannot open the saga store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));
+        return e;
+    }
+    tr_config_t *cfg = tr_topology_config(up->topo);
+    if ((e = tr_saga_define_all(up->sagas, cfg, tr_topology_sagas(up->topo)))) {
+        tr_log_error("up: sagas", TR_LOG_STR("detail", tr_config_error(cfg)));
+        return e;
+    }
+    e = tr_saga_engine_resume(up->sagas);
+    return e < 0 ? e : 0;
+}
+
 static int open_control_plane(up_t *up, uv_loop_t *loop)
 {
     char err[512];
@@ -524,6 +550,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
         tr_log_error("up: cannot open the trace store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));
         return e;
     }
+    if ((e = open_sagas(up, loop))) return e;
     tr_http_server_options_t api = {.handler = on_api, .handler_data = up};
     tr_http_server_options_t col = {.handler = tr_collector_handle,
                                     .handler_data = up->collector,
@@ -584,6 +611,8 @@ static void close_control_plane(up_t *up, bool force)
     uv_timer_stop(&up->tick);
     uv_close((uv_handle_t *)&up->tick, NULL);
     if (up->registry) tr_registry_shutdown(up->registry);
+    if (up->sagas) tr_saga_engine_close(up->sagas, NULL, NULL);
+    up->sagas = NULL;
     tr_logs_shutdown(up->logs);
     for (int i = 0; i < 3; i++)
         if (up->servers[i]) tr_http_server_close(up->servers[i], force, on_cp_server_closed, up);
@@ -815,6 +844,11 @@ int tr_cmd_up(int argc, char **argv)
         return e == TR_ECONFIG || e == TR_EPARSE ? TR_EXIT_USAGE : TR_EXIT_FAIL;
     }
     up.cp = tr_topology_control_plane(up.topo);
+    if (tr_saga_check(tr_topology_config(up.topo), tr_topology_sagas(up.topo))) {
+        fprintf(stderr, "trellis up: %s\n", tr_config_error(tr_topology_config(up.topo)));
+        tr_topology_free(up.topo);
+        return TR_EXIT_USAGE;
+    }
     size_t n = sizeof(up.self_exe);
     if (uv_exepath(up.self_exe, &n) != 0)
         snprintf(up.self_exe, sizeof(up.self_exe), "/proc/self/exe");

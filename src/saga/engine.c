@@ -1,0 +1,767 @@
+/*
+ * The saga engine: moves each saga through its steps and compensations. Every transition
+ * marks the saga dirty; once per loop turn the dirty sagas are committed in one transaction
+ * (group commit), and only then do the effects they announce happen: calls are sent, the
+ * waiting API requests answered. See docs/sagas.md.
+ */
+#include "saga/engine_int.h"
+
+#include "core/mem.h"
+#include "trellis/error.h"
+#include "trellis/log.h"
+#include "trellis/retry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_BACKOFF_MS    30000
+#define DISCOVERY_WAIT_MS 10
+#define DISCOVERY_WAITS   300 /* 3 s for a new watch's first answer */
+
+static const char *const state_names[] = {
+#define TR_SAGA_STATE_NAME(e, s) s,
+    TR_SAGA_STATE_MAP(TR_SAGA_STATE_NAME)
+#undef TR_SAGA_STATE_NAME
+};
+
+const char *tr__saga_state_name(saga_state_t s)
+{
+    return (unsigned)s < SAGA_STATES ? state_names[s] : "unknown";
+}
+
+int tr__saga_state_parse(const char *s)
+{
+    for (int i = 0; s && i < SAGA_STATES; i++)
+        if (!strcmp(s, state_names[i])) return i;
+    return -1;
+}
+
+bool tr__saga_ended(saga_state_t s)
+{
+    return s == SAGA_COMPLETED || s == SAGA_COMPENSATED || s == SAGA_ABORTED;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- group commit: the queue of sagas with something to write ---- */
+
+void tr__saga_mark(saga_t *s)
+{
+    tr_saga_engine_t *e = s->e;
+    s->dirty = true;
+    s->updated_ms = wall_ms();
+    if (s->queued) return;
+    if (e->nqueue == e->capqueue) {
+        e->capqueue = e->capqueue ? e->capqueue * 2 : 64;
+        e->queue = tr_realloc(e->queue, e->capqueue * sizeof(*e->queue));
+    }
+    e->queue[e->nqueue++] = s;
+    s->queued = true;
+}
+
+static void call_mark(saga_t *s, saga_call_t *c)
+{
+    c->dirty = true;
+    tr__saga_mark(s);
+}
+
+/* ---- the call of the current step ---- */
+
+static saga_call_t *current(saga_t *s)
+{
+    return s->comp_phase ? &s->comp[s->cur] : &s->action[s->cur];
+}
+
+static const tr__saga_call_def_t *current_def(saga_t *s)
+{
+    const tr__saga_step_def_t *st = &s->def->steps[s->cur];
+    return s->comp_phase ? &st->compensation : &st->action;
+}
+
+/* Starts attempt n+1 of the current call: committed first, sent after the commit. */
+static void begin_attempt(saga_t *s)
+{
+    saga_call_t *c = current(s);
+    c->state = 'r';
+    c->attempts++;
+    c->started_ms = wall_ms();
+    call_mark(s, c);
+    s->send_after_commit = true;
+}
+
+static void finish(saga_t *s, saga_state_t state)
+{
+    s->state = state;
+    tr__saga_mark(s);
+    tr_counter_inc(tr_metric_series(
+        s->e->ended, (const char *const[]){s->def->name, tr__saga_state_name(state), NULL}));
+    tr_log_info("saga ended", TR_LOG_STR("saga", s->id), TR_LOG_STR("name", s->def->name),
+                TR_LOG_STR("state", tr__saga_state_name(state)),
+                TR_LOG_STR("error", s->error ? s->error : ""));
+}
+
+static void set_error(saga_t *s, const char *fmt, const char *step, const char *why)
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf), fmt, step, why);
+    free(s->error);
+    s->error = tr_strdup(buf);
+}
+
+/* Whether step i's compensation must run: its action took effect or may have. */
+static bool needs_compensation(const saga_t *s, size_t i)
+{
+    const saga_call_t *a = &s->action[i];
+    if (!s->def->steps[i].compensation.defined || s->comp[i].state == 'd') return false;
+    return a->state == 'd' || a->state == 'r' || (a->state == 'f' && a->uncertain);
+}
+
+void tr__saga_advance(saga_t *s)
+{
+    const tr__saga_def_t *d = s->def;
+    if (s->state == SAGA_RUNNING) {
+        while (s->cur < d->nsteps && s->action[s->cur].state == 'd')
+            s->cur++;
+        if (s->cur == d->nsteps) {
+            finish(s, SAGA_COMPLETED);
+            return;
+        }
+        s->comp_phase = false;
+        begin_attempt(s);
+    } else if (s->state == SAGA_COMPENSATING) {
+        size_t i = s->cur + 1;
+        while (i > 0 && !needs_compensation(s, i - 1))
+            i--;
+        if (i == 0) {
+            finish(s, SAGA_COMPENSATED);
+            return;
+        }
+        s->cur = i - 1;
+        s->comp_phase = true;
+        begin_attempt(s);
+    }
+}
+
+static void start_compensating(saga_t *s)
+{
+    s->state = SAGA_COMPENSATING;
+    tr__saga_mark(s);
+    tr__saga_advance(s);
+}
+
+static void go_stuck(saga_t *s)
+{
+    s->stuck_from = s->state;
+    s->state = SAGA_STUCK;
+    tr__saga_mark(s);
+    tr_log_error("saga stuck: an operator must retry or abort it", TR_LOG_STR("saga", s->id),
+                 TR_LOG_STR("name", s->def->name), TR_LOG_STR("error", s->error ? s->error : ""));
+}
+
+/* ---- outcomes ---- */
+
+static void attempt_counted(saga_t *s, const char *outcome)
+{
+    tr_counter_inc(tr_metric_series(s->e->attempts,
+                                    (const char *const[]){s->def->name, s->def->steps[s->cur].name,
+                                                          s->comp_phase ? "compensation" : "action",
+                                                          outcome, NULL}));
+}
+
+static void on_backoff(uv_timer_t *t)
+{
+    saga_t *s = t->data;
+    begin_attempt(s);
+}
+
+static void retry_later(saga_t *s, uint32_t attempts)
+{
+    uint64_t base = s->def->steps[s->cur].backoff_ms;
+    uint32_t shift = attempts > 1 ? attempts - 1 : 0;
+    uint64_t cap = shift > 20 ? MAX_BACKOFF_MS : base << shift;
+    if (cap > MAX_BACKOFF_MS) cap = MAX_BACKOFF_MS;
+    uv_timer_start(&s->timer, on_backoff, cap ? (uint64_t)rand() % (cap + 1) : 0, 0);
+}
+
+/* A definite answer: 2xx. */
+static void succeeded(saga_t *s, int status, json_t *response)
+{
+    saga_call_t *c = current(s);
+    c->state = 'd';
+    c->status = status;
+    c->finished_ms = wall_ms();
+    json_decref(c->response);
+    c->response = response;
+    free(c->error);
+    c->error = NULL;
+    call_mark(s, c);
+    attempt_counted(s, "ok");
+    if (!s->comp_phase) {
+        json_object_set(json_object_get(s->ctx, "steps"), s->def->steps[s->cur].name,
+                        response ? response : json_null());
+        if (s->def->steps[s->cur].pivot) s->pivot_passed = true;
+        s->cur++;
+    }
+    tr__saga_advance(s);
+}
+
+/*
+ * A failed attempt. `retryable`: 408, 429, 5xx, timeout, no connection; `uncertain`: the call
+ * may have taken effect.
+ */
+static void failed(saga_t *s, int status, const char *why, bool retryable, bool uncertain)
+{
+    saga_call_t *c = current(s);
+    const tr__saga_step_def_t *st = &s->def->steps[s->cur];
+    c->status = status;
+    free(c->error);
+    c->error = tr_strdup(why);
+    c->uncertain = c->uncertain || uncertain;
+    call_mark(s, c);
+    attempt_counted(s, "failed");
+    if (s->comp_phase) { /* compensations must succeed: retried until stuck */
+        if (c->attempts < s->def->max_compensation_attempts) {
+            retry_later(s, c->attempts);
+            return;
+        }
+        set_error(s, "compensation of step %s keeps failing: %s", st->name, why);
+        go_stuck(s);
+        return;
+    }
+    if (s->pivot_passed) { /* after the pivot: forward only */
+        if (c->attempts < s->def->max_forward_attempts) {
+            retry_later(s, c->attempts);
+            return;
+        }
+        set_error(s, "step %s (after the pivot) keeps failing: %s", st->name, why);
+        go_stuck(s);
+        return;
+    }
+    if (retryable && c->attempts < st->attempts) {
+        retry_later(s, c->attempts);
+        return;
+    }
+    c->state = 'f';
+    c->finished_ms = wall_ms();
+    set_error(s, "step %s failed: %s", st->name, why);
+    start_compensating(s);
+}
+
+/* ---- sending ---- */
+
+static void client_span(saga_t *s, int status, const char *error)
+{
+    if (!s->e->spans.emit) return;
+    char name[128];
+    snprintf(name, sizeof(name), "saga %s %s %s", s->def->name, s->def->steps[s->cur].name,
+             s->comp_phase ? "compensation" : "action");
+    const tr__saga_call_def_t *cd = current_def(s);
+    tr_attr_t attrs[4] = {
+        {.key = "saga.id", .type = TR_ATTR_STRING, .v.s = s->id},
+        {.key = "peer.service", .type = TR_ATTR_STRING, .v.s = cd->service},
+        {.key = "http.response.status_code", .type = TR_ATTR_INT, .v.i = status},
+        {.key = "correlation_id", .type = TR_ATTR_STRING, .v.s = s->id},
+    };
+    tr_span_t sp = {.name = name,
+                    .kind = TR_SPAN_CLIENT,
+                    .start_ns = s->attempt_ns,
+                    .end_ns = wall_ns(),
+                    .status = error ? TR_STATUS_ERROR : TR_STATUS_UNSET,
+                    .status_message = error,
+                    .service = s->e->service_name,
+                    .attrs = attrs,
+                    .nattrs = 4};
+    memcpy(sp.trace_id, s->trace_id, 16);
+    memcpy(sp.span_id, s->span_id, 8);
+    memcpy(sp.parent_span_id, s->root_span, 8);
+    s->e->spans.emit(s->e->spans.data, &sp);
+}
+
+static json_t *parse_body(const char *body, size_t len)
+{
+    json_t *j = len ? json_loadb(body, len, JSON_DECODE_ANY, NULL) : NULL;
+    return j ? j : json_null();
+}
+
+static void on_response(tr_http_client_req_t *req, int err, const tr_http_client_response_t *res)
+{
+    saga_t *s = tr_http_client_req_data(req);
+    s->req = NULL;
+    if (s->ep) tr_discovery_done(s->ep);
+    s->ep = NULL;
+    if (s->timed_out) err = TR_ERESPONSE_TIMEOUT;
+    if (s->closing) return;
+    if (s->ignore_response) { /* the saga moved on (abort): this call's result is moot */
+        s->ignore_response = false;
+        return;
+    }
+    uv_timer_stop(&s->timer);
+    int status = err ? 0 : res->status;
+    char why[256];
+    if (err)
+        snprintf(why, sizeof(why), "%s", tr_strerror(err));
+    else
+        snprintf(why, sizeof(why), "HTTP %d: %.*s", status,
+                 (int)(res->body_len < 200 ? res->body_len : 200), res->body ? res->body : "");
+    client_span(s, status, status >= 200 && status < 300 ? NULL : why);
+    if (!err && status >= 200 && status < 300) {
+        succeeded(s, status, parse_body(res->body, res->body_len));
+        return;
+    }
+    bool retryable = err || status == 408 || status == 429 || status >= 500;
+    /* A 4xx is a definite no; anything else may or may not have taken effect. */
+    bool uncertain = retryable && (!err || tr_http_client_request_sent(req));
+    failed(s, status, why, retryable, uncertain);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    saga_t *s = t->data;
+    s->timed_out = true;
+    if (s->req) tr_http_client_cancel(s->req);
+}
+
+static void send_call(saga_t *s);
+
+static void on_discovery_wait(uv_timer_t *t)
+{
+    send_call(t->data);
+}
+
+/* A passing instance of `service` into s->ep; 1 when the watch is not ready yet, -1 when
+ * there is none. */
+static int pick(saga_t *s, const char *service)
+{
+    tr_discovery_watch_t *w = NULL;
+    if (!s->e->discovery || tr_discovery_watch(s->e->discovery, service, &w)) return -1;
+    if (!tr_discovery_ready(w)) return 1;
+    return tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &s->ep) ? -1 : 0;
+}
+
+static void send_call(saga_t *s)
+{
+    const tr__saga_call_def_t *cd = current_def(s);
+    char err[256];
+    char *path = tr__saga_render_text(cd->path, s->ctx, true, err, sizeof(err));
+    json_t *body = path && cd->body ? tr__saga_render(cd->body, s->ctx, err, sizeof(err)) : NULL;
+    if (!path || (cd->body && !body)) { /* the definition names what is not there: no retry */
+        free(path);
+        failed(s, 0, err, false, false);
+        return;
+    }
+    int found = pick(s, cd->service);
+    if (found == 1 && s->discovery_waits++ < DISCOVERY_WAITS) {
+        free(path);
+        json_decref(body);
+        uv_timer_start(&s->timer, on_discovery_wait, DISCOVERY_WAIT_MS, 0);
+        return;
+    }
+    s->discovery_waits = 0;
+    if (found) {
+        free(path);
+        json_decref(body);
+        snprintf(err, sizeof(err), "no passing instance of service '%s'", cd->service);
+        failed(s, 0, err, true, false);
+        return;
+    }
+    char key[160], traceparent[56];
+    snprintf(key, sizeof(key), "%s:%s:%s", s->id, s->def->steps[s->cur].name,
+             s->comp_phase ? "compensation" : "action");
+    tr_trace_ctx_t tc = {.flags = TR_TRACE_FLAG_SAMPLED};
+    memcpy(tc.trace_id, s->trace_id, 16);
+    tr_trace_new_ids(&tc, false);
+    memcpy(s->span_id, tc.span_id, 8);
+    tr_trace_format_traceparent(&tc, traceparent);
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(body);
+    tr_http_client_header_t h[4] = {
+        {"idempotency-key", 15, key, strlen(key)},
+        {"traceparent", 11, traceparent, TR_TRACEPARENT_LEN},
+        {"x-correlation-id", 16, s->id, strlen(s->id)},
+        {"content-type", 12, "application/json", 16},
+    };
+    tr_http_client_request_t rq = {.method = cd->method,
+                                   .target = path,
+                                   .headers = h,
+                                   .nheaders = text ? 4 : 3,
+                                   .body_mode =
+                                       text ? TR_HTTP_CLIENT_BODY_BUFFER : TR_HTTP_CLIENT_BODY_NONE,
+                                   .body = text,
+                                   .body_len = text ? strlen(text) : 0,
+                                   .flags = TR_HTTP_CLIENT_NO_RETRY,
+                                   .data = s};
+    s->timed_out = false;
+    s->attempt_ns = wall_ns();
+    int rc = tr_http_client_fetch(s->e->client, &s->ep->http, &rq, on_response, &s->req);
+    free(text);
+    free(path);
+    if (rc) {
+        tr_discovery_done(s->ep);
+        s->ep = NULL;
+        failed(s, 0, tr_strerror(rc), true, false);
+        return;
+    }
+    uv_timer_start(&s->timer, on_deadline, s->def->steps[s->cur].timeout_ms, 0);
+}
+
+/* ---- after a commit: the announced effects ---- */
+
+static void on_saga_closed(uv_handle_t *h)
+{
+    saga_t *s = h->data;
+    tr_saga_engine_t *e = s->e;
+    for (size_t i = 0; i < s->def->nsteps; i++) {
+        free(s->action[i].error);
+        free(s->comp[i].error);
+        json_decref(s->action[i].response);
+        json_decref(s->comp[i].response);
+    }
+    free(s->action);
+    free(s->comp);
+    free(s->error);
+    free(s->idem_key);
+    json_decref(s->ctx);
+    tr__saga_def_release(s->def);
+    free(s);
+    if (--e->open_handles == 0 && e->closing && e->done) e->done(e->done_data);
+}
+
+static void root_span(saga_t *s)
+{
+    if (!s->e->spans.emit) return;
+    char name[96];
+    snprintf(name, sizeof(name), "saga %s", s->def->name);
+    tr_attr_t attrs[2] = {
+        {.key = "saga.id", .type = TR_ATTR_STRING, .v.s = s->id},
+        {.key = "saga.state", .type = TR_ATTR_STRING, .v.s = tr__saga_state_name(s->state)},
+    };
+    tr_span_t sp = {.name = name,
+                    .kind = TR_SPAN_INTERNAL,
+                    .start_ns = s->created_ms * 1000000ull,
+                    .end_ns = wall_ns(),
+                    .status = s->state == SAGA_COMPLETED ? TR_STATUS_OK : TR_STATUS_ERROR,
+                    .status_message = s->error,
+                    .service = s->e->service_name,
+                    .attrs = attrs,
+                    .nattrs = 2};
+    memcpy(sp.trace_id, s->trace_id, 16);
+    memcpy(sp.span_id, s->root_span, 8);
+    s->e->spans.emit(s->e->spans.data, &sp);
+}
+
+static void free_waiter(uv_handle_t *h)
+{
+    free(h->data); /* the waiter the timer is part of */
+}
+
+static void answer_waiters(saga_t *s, bool ended)
+{
+    saga_waiter_t **pw = &s->waiters;
+    while (*pw) {
+        saga_waiter_t *w = *pw;
+        if (!w->accept_only && !ended && s->state != SAGA_STUCK) {
+            pw = &w->next;
+            continue;
+        }
+        *pw = w->next;
+        if (w->req) tr__saga_answer(s->e, w->req, s->id, ended);
+        w->req = NULL;
+        w->saga = NULL;
+        uv_timer_stop(&w->timer);
+        uv_close((uv_handle_t *)&w->timer, free_waiter);
+    }
+}
+
+static void after_commit(saga_t *s)
+{
+    bool ended = tr__saga_ended(s->state);
+    answer_waiters(s, ended);
+    if (ended) {
+        root_span(s);
+        tr_map_del(&s->e->sagas, s->id);
+        uv_close((uv_handle_t *)&s->timer, on_saga_closed);
+        return;
+    }
+    if (s->send_after_commit) {
+        s->send_after_commit = false;
+        send_call(s);
+    }
+}
+
+static void on_retry_flush(uv_timer_t *t);
+
+static void flush(tr_saga_engine_t *e)
+{
+    if (!e->nqueue) return;
+    if (tr__saga_store_commit(e)) {
+        if (!e->flush_failing)
+            tr_log_error("saga: cannot write the saga database; sagas pause until it works",
+                         TR_LOG_STR("path", e->db_path));
+        e->flush_failing = true;
+        uv_timer_start(&e->retry_flush, on_retry_flush, 500, 0);
+        return;
+    }
+    e->flush_failing = false;
+    /* Effects may queue more sagas (their next transitions): take this batch first. */
+    size_t n = e->nqueue;
+    saga_t **batch = tr_malloc(n * sizeof(*batch));
+    memcpy(batch, e->queue, n * sizeof(*batch));
+    e->nqueue = 0;
+    for (size_t i = 0; i < n; i++)
+        batch[i]->queued = false;
+    for (size_t i = 0; i < n; i++)
+        after_commit(batch[i]);
+    free(batch);
+}
+
+static void on_retry_flush(uv_timer_t *t)
+{
+    flush(t->data);
+}
+
+static void on_prepare(uv_prepare_t *p)
+{
+    tr_saga_engine_t *e = p->data;
+    if (!e->flush_failing) flush(e);
+}
+
+/* ---- creating sagas ---- */
+
+saga_t *tr__saga_new(tr_saga_engine_t *e, tr__saga_def_t *def, json_t *input, const char *id,
+                     const char *idem_key)
+{
+    saga_t *s = tr_calloc(1, sizeof(*s));
+    s->e = e;
+    s->def = tr__saga_def_retain(def);
+    s->action = tr_calloc(def->nsteps, sizeof(*s->action));
+    s->comp = tr_calloc(def->nsteps, sizeof(*s->comp));
+    for (size_t i = 0; i < def->nsteps; i++)
+        s->action[i].state = s->comp[i].state = 'p';
+    tr_trace_ctx_t tc = {0};
+    tr_trace_new_ids(&tc, true);
+    memcpy(s->trace_id, tc.trace_id, 16);
+    memcpy(s->root_span, tc.span_id, 8);
+    if (id)
+        snprintf(s->id, sizeof(s->id), "%s", id);
+    else
+        tr_trace_hex_encode(s->trace_id, 16, s->id);
+    s->idem_key = idem_key ? tr_strdup(idem_key) : NULL;
+    s->created_ms = s->updated_ms = wall_ms();
+    s->ctx = json_pack("{sO,s{},s{ss}}", "input", input, "steps", "saga", "id", s->id);
+    uv_timer_init(e->loop, &s->timer);
+    s->timer.data = s;
+    e->open_handles++;
+    tr_map_put(&e->sagas, s->id, s);
+    return s;
+}
+
+void tr__saga_add_waiter(saga_t *s, tr_http_req_t *req, bool accept_only, uint64_t wait_ms);
+
+static void on_waiter_timeout(uv_timer_t *t)
+{
+    saga_waiter_t *w = t->data;
+    saga_t *s = w->saga;
+    for (saga_waiter_t **pw = &s->waiters; *pw; pw = &(*pw)->next)
+        if (*pw == w) {
+            *pw = w->next;
+            break;
+        }
+    if (w->req) tr__saga_answer(s->e, w->req, s->id, false);
+    uv_close((uv_handle_t *)&w->timer, free_waiter);
+}
+
+static void on_waiter_abort(tr_http_req_t *req)
+{
+    saga_waiter_t *w = req->data;
+    w->req = NULL;
+}
+
+void tr__saga_add_waiter(saga_t *s, tr_http_req_t *req, bool accept_only, uint64_t wait_ms)
+{
+    saga_waiter_t *w = tr_calloc(1, sizeof(*w));
+    w->req = req;
+    w->saga = s;
+    w->accept_only = accept_only;
+    uv_timer_init(s->e->loop, &w->timer);
+    w->timer.data = w;
+    if (!accept_only) uv_timer_start(&w->timer, on_waiter_timeout, wait_ms, 0);
+    req->data = w;
+    req->on_abort = on_waiter_abort;
+    w->next = s->waiters;
+    s->waiters = w;
+}
+
+int tr__saga_retry(saga_t *s)
+{
+    if (s->state != SAGA_STUCK) return TR_ESTATE;
+    s->state = s->stuck_from;
+    saga_call_t *c = current(s);
+    c->attempts = 0; /* a fresh allowance of attempts */
+    call_mark(s, c);
+    tr_log_info("saga retried by an operator", TR_LOG_STR("saga", s->id));
+    begin_attempt(s);
+    return 0;
+}
+
+int tr__saga_abort(saga_t *s)
+{
+    if (s->state == SAGA_STUCK) {
+        uv_timer_stop(&s->timer);
+        free(s->error);
+        s->error = tr_strdup("aborted by an operator while stuck");
+        finish(s, SAGA_ABORTED);
+        return 0;
+    }
+    if (s->state != SAGA_RUNNING || s->pivot_passed) return TR_ESTATE;
+    /* The call in flight is cancelled; compensation covers it (uncertain). */
+    if (s->req) {
+        s->ignore_response = true;
+        tr_http_client_cancel(s->req);
+    }
+    uv_timer_stop(&s->timer);
+    free(s->error);
+    s->error = tr_strdup("aborted by an operator");
+    if (s->action[s->cur].state == 'r') s->action[s->cur].uncertain = true;
+    start_compensating(s);
+    return 0;
+}
+
+/* ---- the engine ---- */
+
+static void defs_free(tr_saga_engine_t *e)
+{
+    size_t pos = 0;
+    const char *k;
+    void *v;
+    while (tr_map_next(&e->defs, &pos, &k, &v))
+        tr__saga_def_release(v);
+    tr_map_free(&e->defs);
+}
+
+int tr_saga_define_all(tr_saga_engine_t *e, tr_config_t *cfg, const json_t *sagas)
+{
+    const char *name;
+    json_t *def;
+    if (!sagas) return 0;
+    if (!json_is_object(sagas))
+        return tr_config_fail(cfg, sagas, NULL, "sagas: expected a mapping of name to saga");
+    json_object_foreach((json_t *)sagas, name, def)
+    {
+        tr__saga_def_t *d;
+        if (tr__saga_def_compile(cfg, name, def, &d)) return TR_ECONFIG;
+        tr__saga_def_t *old = tr_map_put(&e->defs, d->name, d);
+        tr__saga_def_release(old);
+    }
+    return 0;
+}
+
+int tr_saga_engine_open(uv_loop_t *loop, const tr_saga_options_t *o, tr_saga_engine_t **out,
+                        char *err, size_t errlen)
+{
+    tr_saga_engine_t *e = tr_calloc(1, sizeof(*e));
+    e->loop = loop;
+    e->db_path = tr_strdup(o->db_path);
+    e->spans = o->spans;
+    e->service_name = tr_strdup(o->service_name ? o->service_name : "saga");
+    int rc = tr__saga_store_open(e, o->sync_full, err, errlen);
+    if (rc) {
+        free(e->db_path);
+        free(e->service_name);
+        free(e);
+        return rc;
+    }
+    tr_metrics_t *m = tr_metrics_default();
+    e->ended = tr_metrics_counter(m, "trellis_sagas_total", "Sagas ended, by name and state.",
+                                  (const char *const[]){"name", "state", NULL});
+    e->attempts = tr_metrics_counter(
+        m, "trellis_saga_step_attempts_total", "Step calls made by sagas, by outcome.",
+        (const char *const[]){"name", "step", "phase", "outcome", NULL});
+    e->client = tr_http_client_new(loop, NULL);
+    tr_discovery_options_t dopt;
+    tr_discovery_options_init(&dopt);
+    dopt.hub = o->hub;
+    dopt.registry = o->registry;
+    e->discovery = tr_discovery_new(loop, &dopt);
+    uv_prepare_init(loop, &e->flush);
+    e->flush.data = e;
+    uv_prepare_start(&e->flush, on_prepare);
+    uv_timer_init(loop, &e->retry_flush);
+    e->retry_flush.data = e;
+    e->open_handles = 2;
+    *out = e;
+    return 0;
+}
+
+int tr_saga_engine_resume(tr_saga_engine_t *e)
+{
+    return tr__saga_store_load(e);
+}
+
+static void on_engine_handle_closed(uv_handle_t *h)
+{
+    tr_saga_engine_t *e = h->data;
+    if (--e->open_handles == 0 && e->done) e->done(e->done_data);
+}
+
+static void engine_free(tr_saga_engine_t *e)
+{
+    defs_free(e);
+    tr_map_free(&e->sagas);
+    free(e->queue);
+    sqlite3_close(e->db);
+    free(e->db_path);
+    free(e->service_name);
+    free(e);
+}
+
+typedef struct close_ctx_s {
+    void (*done)(void *data);
+    void *data;
+    tr_saga_engine_t *e;
+} close_ctx_t;
+
+static void on_all_closed(void *data)
+{
+    close_ctx_t *c = data;
+    engine_free(c->e);
+    if (c->done) c->done(c->data);
+    free(c);
+}
+
+void tr_saga_engine_close(tr_saga_engine_t *e, void (*done)(void *data), void *data)
+{
+    close_ctx_t *c = tr_calloc(1, sizeof(*c));
+    *c = (close_ctx_t){done, data, e};
+    flush(e); /* what was decided is written before the engine goes */
+    e->closing = true;
+    e->done = on_all_closed;
+    e->done_data = c;
+    size_t pos = 0;
+    const char *k;
+    void *v;
+    while (tr_map_next(&e->sagas, &pos, &k, &v)) {
+        saga_t *s = v;
+        s->closing = true;
+        if (s->req) tr_http_client_cancel(s->req);
+        answer_waiters(s, true);
+        uv_close((uv_handle_t *)&s->timer, on_saga_closed);
+    }
+    tr_discovery_close(e->discovery, NULL);
+    tr_http_client_close(e->client, NULL);
+    uv_close((uv_handle_t *)&e->flush, on_engine_handle_closed);
+    uv_close((uv_handle_t *)&e->retry_flush, on_engine_handle_closed);
+}

@@ -1,0 +1,131 @@
+/* The saga engine's state, shared by the engine (engine.c), its store (store.c) and its
+ * HTTP API (api.c). One loop thread owns all of it. */
+#ifndef TR_SAGA_ENGINE_INT_H
+#define TR_SAGA_ENGINE_INT_H
+
+#include "core/map.h"
+#include "saga/saga_int.h"
+#include "trellis/discovery.h"
+#include "trellis/http_client.h"
+#include "trellis/metrics.h"
+
+#include <sqlite3.h>
+
+/* Saga states, X(enum suffix, name). */
+#define TR_SAGA_STATE_MAP(X)                                                                       \
+    X(RUNNING, "running")                                                                          \
+    X(COMPENSATING, "compensating")                                                                \
+    X(COMPLETED, "completed")                                                                      \
+    X(COMPENSATED, "compensated")                                                                  \
+    X(STUCK, "stuck")                                                                              \
+    X(ABORTED, "aborted")
+
+typedef enum saga_state_e {
+#define TR_SAGA_STATE_ENUM(e, s) SAGA_##e,
+    TR_SAGA_STATE_MAP(TR_SAGA_STATE_ENUM)
+#undef TR_SAGA_STATE_ENUM
+        SAGA_STATES
+} saga_state_t;
+
+const char *tr__saga_state_name(saga_state_t s);
+/* The state named `s`, or -1. */
+int tr__saga_state_parse(const char *s);
+
+/* One call of a step (its action or its compensation). */
+typedef struct saga_call_s {
+    char state;     /* 'p' pending, 'r' running (started, no result yet), 'd' done, 'f' failed */
+    bool uncertain; /* failed without knowing whether it took effect (timeout, 5xx, reset) */
+    uint32_t attempts;
+    int status;
+    char *error;
+    json_t *response;
+    uint64_t started_ms, finished_ms;
+    bool dirty;
+} saga_call_t;
+
+typedef struct saga_waiter_s saga_waiter_t;
+
+typedef struct saga_s {
+    struct tr_saga_engine_s *e;
+    char id[33];
+    tr__saga_def_t *def;
+    json_t *ctx; /* {"input":…, "steps":{name: response}, "saga":{"id":…}} */
+    saga_state_t state, stuck_from;
+    size_t cur; /* the step being worked on */
+    bool pivot_passed;
+    char *error;    /* why it compensates / is stuck */
+    char *idem_key; /* of the start request, or NULL */
+    uint8_t trace_id[16], root_span[8];
+    uint64_t created_ms, updated_ms;
+    saga_call_t *action, *comp; /* per step */
+    /* the call in flight */
+    bool comp_phase; /* the call in flight (or being retried) is a compensation */
+    tr_http_client_req_t *req;
+    tr_endpoint_t *ep;
+    uv_timer_t timer; /* attempt deadline, backoff, discovery wait */
+    bool timed_out, ignore_response;
+    uint64_t attempt_ns;
+    uint8_t span_id[8];
+    uint32_t discovery_waits;
+    /* group commit */
+    bool dirty, queued, send_after_commit, inserted;
+    saga_waiter_t *waiters;
+    bool closing;
+} saga_t;
+
+/* A request waiting for a saga (POST ?wait=, or the 202 of an accepted saga). */
+struct saga_waiter_s {
+    tr_http_req_t *req;
+    saga_t *saga;
+    bool accept_only; /* answer as soon as the start is committed */
+    uv_timer_t timer; /* ?wait deadline */
+    saga_waiter_t *next;
+};
+
+struct tr_saga_engine_s {
+    uv_loop_t *loop;
+    sqlite3 *db;
+    char *db_path;
+    tr_map_t defs;  /* name → tr__saga_def_t */
+    tr_map_t sagas; /* id → saga_t (those not ended, and ended ones until their commit) */
+    tr_http_client_t *client;
+    tr_discovery_t *discovery;
+    tr_span_sink_t spans;
+    char *service_name;
+    saga_t **queue; /* sagas with something to commit, in order */
+    size_t nqueue, capqueue;
+    uv_prepare_t flush;
+    uv_timer_t retry_flush;
+    bool flush_failing, closing;
+    int open_handles;
+    void (*done)(void *data);
+    void *done_data;
+    tr_metric_t *ended, *attempts;
+    uint64_t fsyncs;
+};
+
+/* store.c: schema, commit of queued sagas, loading unfinished ones, reading for the API. */
+int tr__saga_store_open(struct tr_saga_engine_s *e, bool sync_full, char *err, size_t errlen);
+int tr__saga_store_commit(struct tr_saga_engine_s *e);
+int tr__saga_store_load(struct tr_saga_engine_s *e);
+/* The saga as the API serves it, from the committed state; NULL when unknown. */
+json_t *tr__saga_store_get(struct tr_saga_engine_s *e, const char *id);
+json_t *tr__saga_store_list(struct tr_saga_engine_s *e, const char *name, const char *state,
+                            int limit);
+/* The id of the saga started with this Idempotency-Key, into id (33 bytes); false if none. */
+bool tr__saga_store_by_key(struct tr_saga_engine_s *e, const char *key, char *id);
+
+/* engine.c */
+saga_t *tr__saga_new(struct tr_saga_engine_s *e, tr__saga_def_t *def, json_t *input, const char *id,
+                     const char *idem_key);
+void tr__saga_mark(saga_t *s);
+void tr__saga_advance(saga_t *s);
+void tr__saga_add_waiter(saga_t *s, tr_http_req_t *req, bool accept_only, uint64_t wait_ms);
+/* retry / abort from the API: 0, or TR_ESTATE (not allowed in the saga's state) */
+int tr__saga_retry(saga_t *s);
+int tr__saga_abort(saga_t *s);
+/* Answers a waiter with the committed saga (200 when ended, 202 otherwise). */
+void tr__saga_answer(struct tr_saga_engine_s *e, tr_http_req_t *req, const char *id, bool ended);
+bool tr__saga_ended(saga_state_t s);
+
+#endif
