@@ -518,8 +518,12 @@ static int open_sagas(up_t *up, uv_loop_t *loop)
 {
     char err[512], path[4200];
     snprintf(path, sizeof(path), "%s/sagas.db", up->cp->data_dir);
-    tr_saga_options_t so = {
-        .db_path = path, .hub = up->hub, .spans = up->sink, .service_name = "saga"};
+    const char *sync = getenv("TRELLIS_SAGA_SYNC"); /* "full": fsync every group commit */
+    tr_saga_options_t so = {.db_path = path,
+                            .sync_full = sync && !strcmp(sync, "full"),
+                            .hub = up->hub,
+                            .spans = up->sink,
+                            .service_name = "saga"};
     int e = tr_saga_engine_open(loop, &so, &up->sagas, err, sizeof(err));
     if (e) {
         tr_log_error("up: cannot open the saga store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));

@@ -669,6 +669,16 @@ int tr_saga_define_all(tr_saga_engine_t *e, tr_config_t *cfg, const json_t *saga
     return 0;
 }
 
+static double metric_commits(void *data)
+{
+    return (double)((tr_saga_engine_t *)data)->fsyncs;
+}
+
+static double metric_active(void *data)
+{
+    return (double)((tr_saga_engine_t *)data)->sagas.len;
+}
+
 int tr_saga_engine_open(uv_loop_t *loop, const tr_saga_options_t *o, tr_saga_engine_t **out,
                         char *err, size_t errlen)
 {
@@ -690,6 +700,12 @@ int tr_saga_engine_open(uv_loop_t *loop, const tr_saga_options_t *o, tr_saga_eng
     e->attempts = tr_metrics_counter(
         m, "trellis_saga_step_attempts_total", "Step calls made by sagas, by outcome.",
         (const char *const[]){"name", "step", "phase", "outcome", NULL});
+    tr_metrics_counter_fn(m, "trellis_saga_commits_total",
+                          "Group commits of the saga store (each holds every transition of a loop "
+                          "turn).",
+                          metric_commits, e);
+    tr_metrics_gauge_fn(m, "trellis_sagas_active",
+                        "Sagas not ended: running, compensating or stuck.", metric_active, e);
     e->client = tr_http_client_new(loop, NULL);
     tr_discovery_options_t dopt;
     tr_discovery_options_init(&dopt);

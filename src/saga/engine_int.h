@@ -101,7 +101,7 @@ struct tr_saga_engine_s {
     void (*done)(void *data);
     void *done_data;
     tr_metric_t *ended, *attempts;
-    uint64_t fsyncs;
+    uint64_t fsyncs; /* group commits made */
 };
 
 /* store.c: schema, commit of queued sagas, loading unfinished ones, reading for the API. */

@@ -69,8 +69,13 @@ int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t e
     if (rc) {
         sqlite3_close(e->db);
         e->db = NULL;
+        return rc;
     }
-    return rc;
+    tr_log_info("saga: store open", TR_LOG_STR("path", e->db_path),
+                TR_LOG_STR("synchronous", tr_sqlite_int(e->db, "PRAGMA synchronous") == 2
+                                              ? "full (fsync per commit)"
+                                              : "normal (WAL: fsync at checkpoints)"));
+    return 0;
 }
 
 static sqlite3_stmt *prepare(tr_saga_engine_t *e, const char *sql)
