@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "trellis/breaker.h"
 #include "trellis/db.h"
@@ -112,6 +113,11 @@ tr_db_t *tr_app_db(tr_app_t *app);
 const char *tr_app_name(const tr_app_t *app);
 /* The address actually listened on (after tr_app_run has started), "" before. */
 const char *tr_app_address(const tr_app_t *app);
+/* The loop the app serves on (NULL before tr_app_run), for the app's own timers and I/O;
+ * use it only from handlers and callbacks, which run on it. */
+uv_loop_t *tr_app_loop(const tr_app_t *app);
+/* True once the app is stopping (SIGTERM): work that waits should end now. */
+bool tr_app_stopping(const tr_app_t *app);
 
 /* ---- the request ---- */
 

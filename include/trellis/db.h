@@ -44,7 +44,8 @@ int64_t tr_db_last_id(tr_db_t *db);
  * Runs a query and returns its first row as a JSON object keyed by column name (new
  * reference), or NULL when there is none or it failed (*err, may be NULL: 0 or TR_EIO).
  * Integer columns become integers, REAL reals, TEXT strings, NULL null; a TEXT column whose
- * name ends in "_json" is parsed back into JSON.
+ * name ends in "_json" is parsed back into JSON and keyed without the suffix
+ * ("tags_json" → "tags").
  */
 json_t *tr_db_row(tr_db_t *db, int *err, const char *sql, const char *types, ...);
 /* Like tr_db_row, but every row, as a JSON array (empty when none; NULL only on error). */

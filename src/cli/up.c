@@ -77,6 +77,37 @@ void up_registry_call(up_t *up, replica_t *r, bool add)
     r->registered = add;
 }
 
+static void on_self_registered(tr_http_client_req_t *req, int err,
+                               const tr_http_client_response_t *res)
+{
+    (void)req;
+    if (err || res->status != 200)
+        tr_log_warn("up: the control plane could not register itself as service 'trellis'",
+                    TR_LOG_ERR(err));
+}
+
+/*
+ * The control plane is in its own registry as service `trellis` (as Consul lists `consul`),
+ * so gateway routes reach its API by discovery, e.g. a route that starts a saga.
+ */
+static void register_self(up_t *up)
+{
+    const char *colon = strrchr(up->api_addr, ':');
+    json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:[s], s:{s:s}}", "ID", "trellis", "Name",
+                          "trellis", "Address", "127.0.0.1", "Port", colon ? atoi(colon + 1) : 0,
+                          "Tags", "control-plane", "Meta", "managed_by", "trellis-up");
+    char *body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    tr_http_client_request_t req = {.method = "PUT",
+                                    .target = "/v1/agent/service/register",
+                                    .body_mode = TR_HTTP_CLIENT_BODY_BUFFER,
+                                    .body = body,
+                                    .body_len = strlen(body),
+                                    .flags = TR_HTTP_CLIENT_IDEMPOTENT};
+    tr_http_client_fetch(up->client, &up->api_ep, &req, on_self_registered, NULL);
+    free(body);
+}
+
 /* ---- starting services in dependency order */
 
 static bool svc_ready(const svc_t *s)
@@ -567,6 +598,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
     }
     tr_http_endpoint_parse(&up->api_ep, up->api_addr);
     up->client = tr_http_client_new(loop, NULL);
+    register_self(up);
     char reg_env[96], otel_env[128];
     snprintf(reg_env, sizeof(reg_env), "TRELLIS_REGISTRY=%s", up->api_addr);
     snprintf(otel_env, sizeof(otel_env), "OTEL_EXPORTER_OTLP_ENDPOINT=http://%s", up->otlp_addr);

@@ -182,6 +182,16 @@ const char *tr_app_address(const tr_app_t *app)
     return app->address;
 }
 
+uv_loop_t *tr_app_loop(const tr_app_t *app)
+{
+    return app->loop;
+}
+
+bool tr_app_stopping(const tr_app_t *app)
+{
+    return app->stopping;
+}
+
 /* ---- the request context ---- */
 
 static void ctx_free(tr_ctx_t *ctx)
@@ -232,6 +242,7 @@ static tr_ctx_t *ctx_new(tr_app_t *app, tr_http_req_t *req, json_t *body)
     tr_ctx_t *ctx = tr_calloc(1, sizeof(*ctx));
     ctx->app = app;
     ctx->req = req;
+    snprintf(ctx->method, sizeof(ctx->method), "%s", req->method);
     ctx->start_ns = tr__now_ns();
     ctx->body = body ? json_incref(body) : NULL;
     bool has_parent;
@@ -365,7 +376,7 @@ static void on_request(tr_http_req_t *req, void *data)
 
 const char *tr_ctx_method(const tr_ctx_t *ctx)
 {
-    return ctx->route ? ctx->route->method : "";
+    return ctx->method;
 }
 
 const char *tr_ctx_path(const tr_ctx_t *ctx)
@@ -448,7 +459,7 @@ static void server_span(tr_ctx_t *ctx, int status)
 {
     if (!ctx->app->exporter || !(ctx->trace.flags & TR_TRACE_FLAG_SAMPLED)) return;
     char name[TR_SPAN_NAME_MAX];
-    const char *method = ctx->req ? ctx->req->method : tr_ctx_method(ctx);
+    const char *method = ctx->method;
     snprintf(name, sizeof(name), "%s %s", method, ctx->route ? ctx->route->pattern : "unmatched");
     tr_attr_t attrs[4] = {
         {.key = "http.request.method", .type = TR_ATTR_STRING, .v.s = method},
@@ -476,7 +487,7 @@ static void record(tr_ctx_t *ctx, int status)
     char code[8];
     snprintf(code, sizeof(code), "%d", status);
     const char *route = ctx->route ? ctx->route->pattern : "unmatched";
-    const char *method = ctx->req ? ctx->req->method : "";
+    const char *method = ctx->method;
     double secs = (double)(tr__now_ns() - ctx->start_ns) / 1e9;
     tr_counter_inc(
         tr_metric_series(ctx->app->requests, (const char *const[]){route, method, code, NULL}));

@@ -99,6 +99,7 @@ struct tr_ctx_s {
     tr__route_match_t match;
     json_t *body;
     char correlation_id[80];
+    char method[8]; /* the request's, kept after the client left */
     char trace_hex[33];
     tr_trace_ctx_t trace; /* this request's server span (trace id, span id) */
     uint8_t parent_span[8];

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startUp, echoService } from './lib/up.mjs';
-import { until } from './lib/gateway.mjs';
+import { until, request } from './lib/gateway.mjs';
 import { BIN, ms, withDeadline } from './lib/trellis.mjs';
 
 /** A participant: records every call; its behaviour is chosen by the path. */
@@ -87,6 +87,11 @@ describe('sagas in trellis up', () => {
       control_plane: { data_dir: dataDir },
       services: { echo: echoService({ probes: { readiness: { http: '/health/ready', period: '100ms' } } }) },
       sagas: SAGAS,
+      // A client's POST /api/v1/orders runs a saga: the control plane is service `trellis`.
+      gateway: {
+        upstreams: { 'control-plane': { service: 'trellis' } },
+        routes: [{ name: 'orders', match: { exact: '/api/v1/orders', methods: ['POST'] }, rewrite: { path: '/api/sagas/ok?wait=5s' }, upstream: 'control-plane' }],
+      },
     });
     const port = part.port;
     const r = await up.api('/v1/agent/service/register', { method: 'PUT', body: JSON.stringify({ ID: 'part-1', Name: 'part', Address: '127.0.0.1', Port: port }) });
@@ -126,6 +131,13 @@ describe('sagas in trellis up', () => {
     assert.match(a.headers.traceparent, new RegExp(`^00-${s.trace_id}-[0-9a-f]{16}-01$`));
     assert.equal(a.headers['x-correlation-id'], s.id);
     assert.equal(part.byKey(`${s.id}:c:action`)[0].path, '/c/x');
+  });
+
+  test('a gateway route starts a saga (the control plane is service `trellis` in its registry)', async () => {
+    const r = await request(up.gatewayPort, '/api/v1/orders', { method: 'POST', body: JSON.stringify({ n: 3, code: 'gw' }), headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.state, 'completed');
+    assert.equal(part.byKey(`${r.json.id}:c:action`)[0].path, '/c/gw');
   });
 
   test('a step that says no: the completed steps are compensated in reverse order', async () => {
