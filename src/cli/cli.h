@@ -12,6 +12,7 @@ enum { TR_EXIT_OK = 0, TR_EXIT_FAIL = 1, TR_EXIT_USAGE = 2 };
 /* Each sub-command: `argv[0]` is the command name; returns an exit code. */
 int tr_cmd_collector(int argc, char **argv);
 int tr_cmd_echo(int argc, char **argv);
+int tr_cmd_eventstore(int argc, char **argv);
 int tr_cmd_gateway(int argc, char **argv);
 int tr_cmd_logs(int argc, char **argv);
 int tr_cmd_registry(int argc, char **argv);

@@ -13,6 +13,7 @@ typedef struct command_s {
 static const command_t commands[] = {
     {"collector", tr_cmd_collector, "run the trace collector (OTLP/HTTP, Zipkin, query API)"},
     {"echo", tr_cmd_echo, "run an httpbin-like HTTP service (tests, benchmarks, demos)"},
+    {"eventstore", tr_cmd_eventstore, "run the event store (streams, subscriptions) over HTTP"},
     {"gateway", tr_cmd_gateway, "run the API gateway / sidecar proxy (-c gateway.yaml)"},
     {"logs", tr_cmd_logs, "print and follow central logs; 'logs serve' hosts the log store"},
     {"ps", tr_cmd_ps, "list the services of the running `trellis up` and their instances"},

@@ -127,16 +127,15 @@ static void saga_action(tr_saga_engine_t *e, tr_http_req_t *req, const char *id,
     const char *state =
         s ? tr__saga_state_name(s->state) : json_string_value(json_object_get(stored, "state"));
     int rc = !s ? TR_ESTATE : !strcmp(act, "retry") ? tr__saga_retry(s) : tr__saga_abort(s);
-    json_decref(stored);
-    if (rc) {
+    if (rc)
         tr_http_res_problem(req, 409, "saga-state", "Not possible in this state",
                             "%s is only for %s; saga %s is %s", act,
                             !strcmp(act, "retry")
                                 ? "a stuck saga"
                                 : "a stuck saga, or a running one before its pivot",
                             id, state);
-        return;
-    }
+    json_decref(stored); /* after the message: `state` may point into it */
+    if (rc) return;
     tr__saga_add_waiter(s, req, true, 0);
 }
 
