@@ -5,6 +5,7 @@
 #include "core/buf.h"
 #include "core/mem.h"
 #include "gateway/gateway.h"
+#include "eventstore/eventstore.h"
 #include "saga/saga.h"
 #include "registry/registry.h"
 #include "supervisor/supervisor.h"
@@ -482,6 +483,8 @@ static void on_api(tr_http_req_t *req, void *data)
     } else if (path_has(req, "/api/traces") || path_has(req, "/api/dependencies") ||
                path_has(req, "/api/v2/")) {
         tr_collector_handle(req, up->collector);
+    } else if (up->events && tr_eventstore_handle(up->events, req)) {
+        /* answered (or will be) by the event store */
     } else if (up->sagas && tr_saga_handle(up->sagas, req)) {
         /* answered (or will be) by the saga orchestrator */
     } else if (path_is(req, "/metrics")) {
@@ -499,8 +502,8 @@ static void on_api(tr_http_req_t *req, void *data)
         tr_http_res_problem(
             req, 404, "not-found", "Not found",
             "the control plane serves /v1/ (registry), /api/services, /api/rollouts, /api/logs, "
-            "/api/traces, /api/dependencies, /api/sagas, /api/saga-definitions, /metrics and "
-            "/health/*");
+            "/api/traces, /api/dependencies, /api/sagas, /api/saga-definitions, /api/streams, "
+            "/metrics and /health/*");
     }
 }
 
@@ -586,6 +589,11 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
         return e;
     }
     if ((e = open_sagas(up, loop))) return e;
+    tr_eventstore_options_t eo = {.loop = loop};
+    if ((e = tr_eventstore_open(up->cp->data_dir, &eo, &up->events, err, sizeof(err)))) {
+        tr_log_error("up: cannot open the event store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));
+        return e;
+    }
     tr_http_server_options_t api = {.handler = on_api, .handler_data = up};
     tr_http_server_options_t col = {.handler = tr_collector_handle,
                                     .handler_data = up->collector,
@@ -649,6 +657,8 @@ static void close_control_plane(up_t *up, bool force)
     if (up->registry) tr_registry_shutdown(up->registry);
     if (up->sagas) tr_saga_engine_close(up->sagas, NULL, NULL);
     up->sagas = NULL;
+    tr_eventstore_close(up->events);
+    up->events = NULL;
     tr_logs_shutdown(up->logs);
     for (int i = 0; i < 3; i++)
         if (up->servers[i]) tr_http_server_close(up->servers[i], force, on_cp_server_closed, up);

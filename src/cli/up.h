@@ -66,6 +66,7 @@ typedef struct up_s {
     tr_collector_t *collector;
     tr_logs_t *logs;
     struct tr_saga_engine_s *sagas;
+    struct tr_eventstore_s *events;
     tr_http_server_t *servers[3]; /* API, OTLP, Zipkin */
     int open_servers;
     bool cp_closed;

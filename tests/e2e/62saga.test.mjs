@@ -272,6 +272,20 @@ describe('sagas in trellis up', () => {
     assert.equal(part.byKey(`${id}:a:action`).length, 1, 'a finished step is not sent again');
   });
 
+  test('the event store is part of the control plane (/api/streams)', async () => {
+    const stream = `order-${Date.now()}`;
+    const a = await up.api(`/api/streams/${stream}?expected=no_stream`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify([{ type: 'OrderPlaced', data: { total: 5 } }, { type: 'OrderPaid', data: {} }]) });
+    assert.equal(a.status, 201, a.text);
+    assert.equal(a.json.last_version, 1);
+    const again = await up.api(`/api/streams/${stream}?expected=no_stream`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'OrderPlaced', data: {} }) });
+    assert.equal(again.status, 409);
+    assert.equal(again.json.current_version, 1);
+    const r = await up.api(`/api/streams/${stream}`);
+    assert.deepEqual(r.json.events.map((e) => e.type), ['OrderPlaced', 'OrderPaid']);
+  });
+
   test('a bad saga in the topology is refused with file:line:col', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'trellis-saga-bad-'));
     try {
