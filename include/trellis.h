@@ -17,6 +17,7 @@
 #include "trellis/metrics.h"
 #include "trellis/net.h"
 #include "trellis/outlier.h"
+#include "trellis/projection.h"
 #include "trellis/ratelimit.h"
 #include "trellis/retry.h"
 #include "trellis/runtime.h"

@@ -147,6 +147,9 @@ int tr_app_route(tr_app_t *app, const char *method, const char *pattern, tr_rout
 void tr_app_free(tr_app_t *app)
 {
     if (!app) return;
+    for (size_t i = 0; i < app->nprojections; i++) /* never started: no handles to close */
+        tr__projection_free(app->projections[i]);
+    free(app->projections);
     for (size_t i = 0; i < app->nroutes; i++) {
         tr__route_free(app->routes[i]);
         free(app->routes[i]);
@@ -599,6 +602,7 @@ static int on_start(tr_worker_t *w, void *data)
         tr_log_warn("app: registry address is not ip:port; calls by name will fail",
                     TR_LOG_STR("registry", app->registry));
     if (app->register_self) app->reg = tr__register_start(app);
+    tr__projections_start(app);
     tr_log_info("app: serving", TR_LOG_STR("addr", app->address),
                 TR_LOG_STR("registry", app->registry),
                 TR_LOG_BOOL("self_registered", app->register_self),
@@ -637,6 +641,7 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
     (void)w;
     tr_app_t *app = data;
     if (force) {
+        tr__projections_stop(app);
         bool first = !app->closing;
         app->closing = true;
         if (app->server)
@@ -645,6 +650,7 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
     }
     tr_log_info("app: stopping", TR_LOG_UINT("in_flight", app->inflight));
     app->stopping = true;
+    tr__projections_stop(app);
     if (app->reg)
         tr__register_stop(app->reg, close_server, app);
     else

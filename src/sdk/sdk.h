@@ -60,6 +60,8 @@ typedef struct tr__target_s {
     tr_breaker_state_t last_state;
 } tr__target_t;
 
+typedef struct tr__projection_s tr__projection_t;
+
 struct tr_app_s {
     char *name, *listen, *registry, *otlp, *db_path;
     bool register_self;
@@ -85,6 +87,8 @@ struct tr_app_s {
     bool stopping, closing;
     size_t inflight;
     struct tr__registration_s *reg;
+    tr__projection_t **projections;
+    size_t nprojections;
     tr_metric_t *requests, *durations, *calls, *breakers;
 };
 
@@ -124,6 +128,11 @@ void tr__target_free(tr__target_t *t);
 /* Emits a span to the app's exporter (no-op without one). */
 void tr__app_span(tr_app_t *app, const tr_span_t *span);
 uint64_t tr__now_ns(void);
+
+/* Projections (projection.c): start following the store once the app serves; stop at stop. */
+void tr__projections_start(tr_app_t *app);
+void tr__projections_stop(tr_app_t *app);
+void tr__projection_free(tr__projection_t *p);
 
 /* Self-registration (register.c): starts registering; deregisters at stop. */
 typedef struct tr__registration_s tr__registration_t;
