@@ -3,6 +3,8 @@
 # terminal (examples/shop/demo.mjs), then keeps the shop running until Ctrl-C.
 # `make demo DEMO_ARGS=--once` tells the story and exits: 0 only if every step behaved as
 # told (make test runs it). Data lives in examples/shop/.trellis (--once starts afresh).
+# The story's last chapter SIGKILLs `trellis up` mid-saga (demo.mjs --up-pid) and sends this
+# script SIGUSR1 (--restart-pid): the script starts `trellis up` again, as an operator would.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${TRELLIS_BIN:-build/trellis}
@@ -22,34 +24,43 @@ done
 [ $ONCE = 1 ] && rm -rf "$STATE"
 mkdir -p "$STATE"
 LOG="$STATE/up.log"
+: > "$LOG"
 
-# In its own session, so Ctrl-C reaches only this script, which then stops `trellis up`
-# once (a second signal would skip the services' grace period).
-setsid "$BIN" up "$TOPOLOGY" --log-format json > "$STATE/up.out" 2> "$LOG" &
-UP=$!
+READY_MSG='"msg":"up: all services ready"'
+PIDFILE="$STATE/up.pid" # the running `trellis up`; demo.mjs replaces it when it restarts up
+
+# Starts `trellis up` (its log appended to $LOG) in its own session, so Ctrl-C reaches only
+# this script, which then stops `trellis up` once (a second signal would skip the services'
+# grace period). Waits until every service is ready; 1 when not within READY_TIMEOUT.
+start_up() {
+  setsid "$BIN" up "$TOPOLOGY" --log-format json >> "$LOG" 2>&1 &
+  echo $! > "$PIDFILE"
+  for _ in $(seq 1 $((READY_TIMEOUT * 10))); do
+    grep -q "$READY_MSG" "$LOG" 2>/dev/null && return 0
+    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "demo: the shop did not become ready within ${READY_TIMEOUT} s. The last log lines:" >&2
+  tail -n 30 "$LOG" >&2
+  return 1
+}
+up_pid() { cat "$PIDFILE" 2>/dev/null; }
 stop_up() {
-  kill -TERM "$UP" 2>/dev/null || return 0
-  for _ in $(seq 1 150); do kill -0 "$UP" 2>/dev/null || return 0; sleep 0.1; done
+  local pid
+  pid=$(up_pid)
+  [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   echo "demo: trellis up did not stop within 15 s; killing it" >&2
-  kill -KILL "$UP" 2>/dev/null || true
+  kill -KILL "$pid" 2>/dev/null || true
 }
 trap stop_up EXIT
 trap 'echo; echo "demo: stopping the shop…"; exit 0' INT TERM
 
 echo "demo: starting the shop: $BIN up $TOPOLOGY   (log: $LOG)"
-ready=0
-for _ in $(seq 1 $((READY_TIMEOUT * 10))); do
-  if grep -q '"msg":"up: all services ready"' "$LOG" 2>/dev/null; then ready=1; break; fi
-  kill -0 "$UP" 2>/dev/null || break
-  sleep 0.1
-done
-if [ $ready = 0 ]; then
-  echo "demo: the shop did not become ready within ${READY_TIMEOUT} s. The last log lines:" >&2
-  tail -n 30 "$LOG" >&2
-  exit 1
-fi
+start_up || exit 1
 
-node examples/shop/demo.mjs --trellis "$BIN"
+node examples/shop/demo.mjs --trellis "$BIN" --up-pid-file "$PIDFILE" --topology "$TOPOLOGY" \
+  --up-log "$LOG"
 rc=$?
 if [ $ONCE = 1 ]; then
   stop_up
@@ -59,4 +70,4 @@ fi
 echo
 echo "The shop keeps running (gateway http://127.0.0.1:8080, control plane http://127.0.0.1:8500)."
 echo "Try examples/shop/README.md's walk-through in another terminal. Ctrl-C stops everything."
-wait "$UP"
+while kill -0 "$(up_pid)" 2>/dev/null; do sleep 1; done

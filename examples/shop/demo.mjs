@@ -1,12 +1,19 @@
 // The shop's demo story, told against a running `trellis up examples/shop/topology.yaml`:
-// get a token, browse the catalog, place orders; kill an inventory replica (traffic keeps
-// flowing); stop every inventory replica (the order service's breaker opens and its
-// fallback answers); bring them back (the breaker closes); then one request's trace
-// waterfall and its log lines. Every step checks what it tells; the exit code is 0 only
-// if every step behaved as told. Node built-ins only.
+// get a token, browse the catalog, place orders; check out with the create-order saga (a
+// card that pays, one that is declined and compensated); kill an inventory replica (traffic
+// keeps flowing); stop every inventory replica (the order service's breaker opens and its
+// fallback answers); bring them back (the breaker closes); one request's trace waterfall and
+// its log lines; then SIGKILL the control plane mid-saga and watch the saga end after the
+// restart. Every step checks what it tells; the exit code is 0 only if every step behaved
+// as told. Node built-ins only.
 //
 // Usage: node examples/shop/demo.mjs [--gateway URL] [--api URL] [--trellis BIN]
-import { spawnSync } from 'node:child_process';
+//          [--up-pid-file FILE --topology FILE --up-log FILE]
+// --up-pid-file holds the pid of the `trellis up` to SIGKILL in the last chapter, which then
+// starts it again (topology, log appended) and writes the new pid there. Without them that
+// chapter is skipped.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +26,12 @@ const arg = (name, def) => {
 const GATEWAY = arg('gateway', 'http://127.0.0.1:8080');
 const API = arg('api', 'http://127.0.0.1:8500');
 const TRELLIS = arg('trellis', path.resolve(here, '../../build/trellis'));
+const UP_PID_FILE = arg('up-pid-file', '');
+const TOPOLOGY = arg('topology', '');
+const UP_LOG = arg('up-log', '');
+const CARD_OK = '4242424242424242';
+const CARD_DECLINED = '4000000000000002';
+const CARD_SLOW = '4000000000000003';
 
 const color = process.stdout.isTTY && !process.env.NO_COLOR;
 const paint = (code, s) => (color ? `\x1b[${code}m${s}\x1b[0m` : s);
@@ -84,8 +97,29 @@ async function placeOrder(token, customerId, items, extra = {}) {
   return gw('POST', '/api/v1/orders', { token, body: { customer_id: customerId, items }, ...extra });
 }
 
+const checkout = (token, body) => gw('POST', '/api/v1/checkout', { token, body });
+const stock = async (token, id) => (await gw('GET', `/api/v1/inventory/stock/${id}`, { token })).json || {};
+const stepOf = (saga, name) => (saga?.steps || []).find((x) => x.name === name);
+const responseOf = (saga, name) => stepOf(saga, name)?.action?.response || {};
+
+/** Prints each step of a saga: its action's state, then its compensation's. */
+function sayStep(st) {
+  const call = (c) => (c ? `${c.state}${c.attempts > 1 ? ` ×${c.attempts}` : ''}${c.status ? ` (HTTP ${c.status})` : ''}` : '—');
+  say(dim(`  ${st.name.padEnd(20)} action ${call(st.action).padEnd(22)} compensation ${call(st.compensation)}`));
+}
+
+/**
+ * The compensations of a saga in the order they ran: by start time, and within the same
+ * clock tick in reverse order of the steps (how the orchestrator runs them).
+ */
+function compensations(saga) {
+  const at = (x) => { const v = x.compensation.started_at; return typeof v === 'number' ? v : Date.parse(v) || 0; };
+  return (saga?.steps || []).map((x, i) => ({ ...x, i })).filter((x) => x.compensation)
+    .sort((a, b) => at(a) - at(b) || b.i - a.i);
+}
+
 async function main() {
-  console.log(bold('\nThe trellis shop: a story in eight chapters'));
+  console.log(bold('\nThe trellis shop: a story in ten chapters'));
   say(dim(`gateway ${GATEWAY}   control plane ${API}`));
 
   chapter('1. Everything is up');
@@ -137,7 +171,42 @@ async function main() {
   const oos = await placeOrder(token, customerId, [{ product_id: 12, quantity: 1 }]);
   check(oos.status === 409, 'an out-of-stock product is refused with 409', oos.json?.detail || '');
 
-  chapter('5. Kill one inventory replica: traffic keeps flowing');
+  chapter('5. Check out with a saga');
+  say('POST /api/v1/checkout runs the create-order saga in the control plane: create the order');
+  say('(pending), reserve stock, charge the card (the pivot), confirm the reservation and the order');
+  const before = await stock(token, 5);
+  const paid = await checkout(token, { customer_id: customerId, items: [{ product_id: 5, quantity: 2 }], card: CARD_OK });
+  const saga = paid.json;
+  check(paid.status === 200 && saga?.state === 'completed', `checkout with card …${CARD_OK.slice(-4)}: saga completed`,
+    `saga ${saga?.id}: ${saga?.state || paid.text}`);
+  for (const st of saga?.steps || []) sayStep(st);
+  const orderId = responseOf(saga, 'order').id;
+  const placed = await gw('GET', `/api/v1/orders/${orderId}`, { token });
+  check(placed.json?.status === 'confirmed' && placed.json?.payment === responseOf(saga, 'charge').id,
+    'the order is confirmed, with its payment', `order ${orderId}: ${placed.json?.status}, payment ${placed.json?.payment}`);
+  const resv = await gw('GET', `/api/v1/inventory/reservations/${responseOf(saga, 'reserve').id}`, { token });
+  const after = await stock(token, 5);
+  check(resv.json?.status === 'confirmed' && after.on_hand === before.on_hand - 2 && after.reserved === before.reserved,
+    'the stock was reserved, then the reservation confirmed: on hand is 2 lower',
+    `product 5 on hand ${before.on_hand} → ${after.on_hand}, reservation ${resv.json?.id}: ${resv.json?.status}`);
+
+  const declined = await checkout(token, { customer_id: customerId, items: [{ product_id: 5, quantity: 1 }], card: CARD_DECLINED });
+  const ds = declined.json;
+  check(declined.status === 200 && ds?.state === 'compensated', `checkout with card …${CARD_DECLINED.slice(-4)}: declined, saga compensated`,
+    ds?.error || declined.text);
+  for (const st of ds?.steps || []) sayStep(st);
+  const undone = compensations(ds);
+  say(`compensations, in the order they ran: ${undone.map((x) => `${x.name} (${x.compensation.state})`).join(' → ')}`);
+  check(undone.map((x) => x.name).join(',') === 'reserve,order' && undone.every((x) => x.compensation.state === 'done'),
+    'the reservation was released, then the order cancelled (reverse order)');
+  const dOrder = await gw('GET', `/api/v1/orders/${responseOf(ds, 'order').id}`, { token });
+  const dResv = await gw('GET', `/api/v1/inventory/reservations/${responseOf(ds, 'reserve').id}`, { token });
+  const dStock = await stock(token, 5);
+  check(dOrder.json?.status === 'cancelled' && dResv.json?.status === 'released' && dStock.on_hand === after.on_hand &&
+    dStock.reserved === after.reserved, 'the order is cancelled, the reservation released, the stock as it was',
+  `order ${dOrder.json?.id}: ${dOrder.json?.status}; reservation ${dResv.json?.id}: ${dResv.json?.status}; on hand ${dStock.on_hand}, reserved ${dStock.reserved}`);
+
+  chapter('6. Kill one inventory replica: traffic keeps flowing');
   await sleep(1500); // services export spans every second: let the first order's spans leave
   const inv = await instances('inventory');
   const victim = inv.find((i) => i.pid);
@@ -156,7 +225,7 @@ async function main() {
   const back = await until(async () => (await instances('inventory')).filter((i) => i.ready).length >= 2, 15000);
   check(!!back, 'the supervisor restarted the killed replica');
 
-  chapter('6. Stop every inventory replica: the breaker opens, the fallback answers');
+  chapter('7. Stop every inventory replica: the breaker opens, the fallback answers');
   const stop = trellis('stop', 'inventory', '--url', API);
   check(stop.code === 0, 'trellis stop inventory', stop.out.trim() || stop.err.trim());
   await until(async () => (await instances('inventory')).every((i) => !i.ready), 10000);
@@ -175,7 +244,7 @@ async function main() {
   check(fast, 'with the breaker open, orders no longer wait for inventory timeouts',
     outcomes.slice(-3).map((r) => `${r.ms.toFixed(1)} ms`).join(', '));
 
-  chapter('7. Bring inventory back: the breaker closes');
+  chapter('8. Bring inventory back: the breaker closes');
   const start = trellis('start', 'inventory', '--url', API);
   check(start.code === 0, 'trellis start inventory', start.out.trim() || start.err.trim());
   await until(async () => (await instances('inventory')).filter((i) => i.ready).length >= 1, 15000);
@@ -187,7 +256,7 @@ async function main() {
   const closed = await breakerStates();
   say(dim(`trellis_app_breaker_state{target="inventory"} = ${closed.join(', ')}`));
 
-  chapter('8. Follow one request: its trace and its log lines');
+  chapter('9. Follow one request: its trace and its log lines');
   say(`the first order's correlation ID ${bold(correlationId)}, trace ${bold(traceId)}`);
   const traced = await until(async () => {
     const r = await http('GET', `${API}/api/traces/${traceId}`);
@@ -203,17 +272,85 @@ async function main() {
   check(lines.length > 0 && /order/.test(logs.out), `log lines with correlation ID ${correlationId}`, `${lines.length} lines`);
   console.log(logs.out.replace(/^/gm, '   '));
 
+  chapter('10. A saga survives a control-plane kill');
+  await killMidSaga(token, customerId);
+
   console.log(`\n${bold('Explore')}`);
   say(`gateway            ${GATEWAY}/api/v1/products   (Authorization: Bearer <token>)`);
   say(`a token            curl -s ${GATEWAY}/api/v1/auth/token -d '{"username":"you","password":"demo"}'`);
   say(`services           ${TRELLIS} ps          ${API}/api/services`);
   say(`traces             ${API}/api/traces?service=order      ${TRELLIS} trace <id> --collector ${API}`);
   say(`dependencies       ${API}/api/dependencies`);
+  say(`sagas              ${TRELLIS} saga ls      ${TRELLIS} saga show <id>      ${API}/api/sagas`);
   say(`logs               ${TRELLIS} logs -f      ${API}/api/logs?correlation_id=${correlationId}`);
   say(`metrics            ${API}/metrics   http://127.0.0.1:9901/metrics (gateway admin)`);
   say(`walk-through       examples/shop/README.md`);
   console.log(failures ? paint('31', `\n${failures} step(s) did not behave as told.`) : paint('32', '\nEvery step behaved as told.'));
   return failures;
+}
+
+/** Starts `trellis up` again in its own session, its log appended, its pid in the pid file. */
+function restartUp() {
+  const out = openSync(UP_LOG, 'a');
+  const child = spawn(TRELLIS, ['up', TOPOLOGY, '--log-format', 'json'], { detached: true, stdio: ['ignore', out, out] });
+  child.unref();
+  closeSync(out);
+  writeFileSync(UP_PID_FILE, `${child.pid}\n`);
+  return child.pid;
+}
+
+/**
+ * Chapter 10: a checkout with a card that hangs, started without waiting; SIGKILL of
+ * `trellis up` while the charge is in flight; then `trellis up` again: the saga resumes from
+ * its SQLite file and ends compensated (the card never answers in time).
+ */
+async function killMidSaga(token, customerId) {
+  if (!UP_PID_FILE || !TOPOLOGY || !UP_LOG) {
+    say(dim('skipped: run through scripts/demo.sh, which passes --up-pid-file, --topology and --up-log'));
+    return;
+  }
+  const UP_PID = Number(readFileSync(UP_PID_FILE, 'utf8'));
+  const input = { customer_id: customerId, items: [{ product_id: 6, quantity: 1 }], card: CARD_SLOW };
+  const started = await http('POST', `${API}/api/sagas/create-order`, { body: input });
+  const id = started.json?.id;
+  check(started.status === 202 && !!id, `checkout with card …${CARD_SLOW.slice(-4)} (it hangs), without waiting: 202`,
+    `saga ${id}: ${started.json?.state || started.text}`);
+  if (!id) return;
+  const charging = await until(async () => {
+    const s = (await http('GET', `${API}/api/sagas/${id}`)).json;
+    return stepOf(s, 'charge')?.action?.state === 'running' ? s : undefined;
+  }, 10000, 100);
+  check(!!charging, 'the saga is at its charge step, waiting for the card');
+  try {
+    process.kill(UP_PID, 'SIGKILL');
+    check(true, `SIGKILL trellis up (pid ${UP_PID}): control plane, gateway, and with them every service`);
+  } catch (e) {
+    check(false, `SIGKILL trellis up (pid ${UP_PID})`, e.message);
+    return;
+  }
+  const gone = await until(async () => (await http('GET', `${API}/api/sagas/${id}`)).status === 0, 5000, 100);
+  check(!!gone, 'the control plane is gone');
+  const pid = restartUp();
+  say(`trellis up started again (pid ${pid}); the saga resumes from its SQLite file`);
+  const ended = await until(async () => {
+    const s = (await http('GET', `${API}/api/sagas/${id}`)).json;
+    return s && !['running', 'compensating'].includes(s.state) ? s : undefined;
+  }, 90000, 500);
+  check(ended?.state === 'compensated', 'after the restart the saga ended: compensated (the card never answered in time)',
+    ended ? `${ended.state}: ${ended.error || ''}` : 'not ended within 90 s');
+  const show = trellis('saga', 'show', id, '--url', API);
+  check(show.code === 0, `trellis saga show ${id}`, show.err.trim());
+  console.log(show.out.replace(/^/gm, '   '));
+  if (!ended) return;
+  const tok = await until(async () => {
+    const r = await gw('POST', '/api/v1/auth/token', { body: { username: 'alice', password: 'demo' } });
+    return r.json?.access_token;
+  }, 20000, 300);
+  const o = await until(async () => {
+    const r = await gw('GET', `/api/v1/orders/${responseOf(ended, 'order').id}`, { token: tok || token });
+    return r.status === 200 ? r.json : undefined;
+  }, 15000, 300);
+  check(o?.status === 'cancelled', 'its order is cancelled, after the restart as before it', `order ${o?.id}: ${o?.status}`);
 }
 
 /** trellis_app_breaker_state{target="inventory"} of every order replica. */

@@ -134,6 +134,9 @@ const char *tr_ctx_header(const tr_ctx_t *ctx, const char *name);
 /* The request body, a JSON object (borrowed), or NULL when the body was empty. A body that
  * is not a JSON object never reaches the handler: the app answers 400. */
 json_t *tr_ctx_body(const tr_ctx_t *ctx);
+/* True once the client went away (its connection closed) before the reply: work done only
+ * for this reply can stop; the reply, when it comes, is dropped. */
+bool tr_ctx_client_gone(const tr_ctx_t *ctx);
 /* The request's correlation ID (x-correlation-id, else x-request-id, else a new one). */
 const char *tr_ctx_correlation_id(const tr_ctx_t *ctx);
 /* The request's trace ID as 32 hex digits. */

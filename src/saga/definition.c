@@ -144,6 +144,13 @@ static int step_compile(tr_config_t *cfg, const json_t *obj, tr__saga_def_t *d, 
             cfg, obj, "compensation",
             "the pivot and the steps after it are never compensated; remove this");
     if (comp && call_compile(cfg, comp, d, at, true, &s->compensation)) return TR_ECONFIG;
+    if (comp) {
+        char own[96];
+        snprintf(own, sizeof(own), "${steps.%s", s->name);
+        char *body = s->compensation.body ? json_dumps(s->compensation.body, JSON_COMPACT) : NULL;
+        s->comp_uses_response = strstr(s->compensation.path, own) || (body && strstr(body, own));
+        free(body);
+    }
     if (s->pivot) d->pivot = (int)at;
     return 0;
 }

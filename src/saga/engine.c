@@ -151,7 +151,10 @@ void tr__saga_advance(saga_t *s)
             return;
         }
         s->cur = i - 1;
-        s->comp_phase = true;
+        /* A step that may have taken effect but whose answer was never seen, when its
+         * compensation needs that answer (an id to cancel): send the action again first —
+         * the participant answers a repeated Idempotency-Key with the first result. */
+        s->comp_phase = !(s->action[s->cur].state != 'd' && d->steps[s->cur].comp_uses_response);
         begin_attempt(s);
     }
 }
@@ -213,8 +216,10 @@ static void succeeded(saga_t *s, int status, json_t *response)
     if (!s->comp_phase) {
         json_object_set(json_object_get(s->ctx, "steps"), s->def->steps[s->cur].name,
                         response ? response : json_null());
-        if (s->def->steps[s->cur].pivot) s->pivot_passed = true;
-        s->cur++;
+        if (s->state == SAGA_RUNNING) { /* else: an action learnt before its compensation */
+            if (s->def->steps[s->cur].pivot) s->pivot_passed = true;
+            s->cur++;
+        }
     }
     tr__saga_advance(s);
 }
@@ -240,6 +245,21 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
         }
         set_error(s, "compensation of step %s keeps failing: %s", st->name, why);
         go_stuck(s);
+        return;
+    }
+    if (s->state == SAGA_COMPENSATING) { /* an action sent again to learn its answer */
+        if (!retryable) { /* a definite no: it never took effect, nothing to compensate */
+            c->state = 'f';
+            c->uncertain = false;
+            call_mark(s, c);
+            tr__saga_advance(s);
+        } else if (c->attempts < st->attempts + s->def->max_compensation_attempts) {
+            retry_later(s, c->attempts);
+        } else {
+            set_error(s, "step %s: its answer cannot be learnt for its compensation: %s", st->name,
+                      why);
+            go_stuck(s);
+        }
         return;
     }
     if (s->pivot_passed) { /* after the pivot: forward only */

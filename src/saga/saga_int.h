@@ -24,9 +24,10 @@ typedef struct tr__saga_step_def_s {
     char *name;
     tr__saga_call_def_t action, compensation;
     bool pivot;
-    uint64_t timeout_ms; /* per attempt */
-    uint32_t attempts;   /* before the step counts as failed (before the pivot) */
-    uint64_t backoff_ms; /* first retry delay, doubled per retry, full jitter */
+    bool comp_uses_response; /* the compensation's templates name this step's response */
+    uint64_t timeout_ms;     /* per attempt */
+    uint32_t attempts;       /* before the step counts as failed (before the pivot) */
+    uint64_t backoff_ms;     /* first retry delay, doubled per retry, full jitter */
 } tr__saga_step_def_t;
 
 typedef struct tr__saga_def_s {

@@ -423,6 +423,11 @@ json_t *tr_ctx_body(const tr_ctx_t *ctx)
     return ctx->body;
 }
 
+bool tr_ctx_client_gone(const tr_ctx_t *ctx)
+{
+    return ctx->req == NULL;
+}
+
 const char *tr_ctx_correlation_id(const tr_ctx_t *ctx)
 {
     return ctx->correlation_id;

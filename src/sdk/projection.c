@@ -26,7 +26,7 @@ struct tr__projection_s {
     uv_timer_t timer;   /* backoff and the poll's deadline */
     tr_http_client_req_t *req;
     uint64_t backoff_ms;
-    bool failing, stopping;
+    bool failing, stopping, timer_closed;
 };
 
 static const char checkpoint_sql[] =
@@ -147,8 +147,11 @@ static void on_page(tr_http_client_req_t *req, int err, const tr_http_client_res
 {
     tr__projection_t *p = tr_http_client_req_data(req);
     p->req = NULL;
+    if (p->stopping) { /* the poll was cancelled at stop: the last one out frees */
+        if (p->timer_closed) tr__projection_free(p);
+        return;
+    }
     uv_timer_stop(&p->timer);
-    if (p->stopping) return;
     if (err || res->status != 200) {
         char why[64];
         snprintf(why, sizeof(why), "%s (HTTP %d)", err ? tr_strerror(err) : "bad answer",
@@ -217,7 +220,9 @@ void tr__projection_free(tr__projection_t *p)
 
 static void on_projection_closed(uv_handle_t *h)
 {
-    tr__projection_free(h->data);
+    tr__projection_t *p = h->data;
+    p->timer_closed = true;
+    if (!p->req) tr__projection_free(p); /* else on_page frees it when the poll ends */
 }
 
 void tr__projections_stop(tr_app_t *app)

@@ -16,6 +16,7 @@ import { BIN, ms, withDeadline } from './lib/trellis.mjs';
 function participant() {
   const calls = [];
   const failures = new Map();
+  const onceIds = new Map();
   let next = 1;
   const server = http.createServer((req, res) => {
     let body = '';
@@ -35,6 +36,12 @@ function participant() {
         return seen < Number(p[2]) ? send(503, { error: 'flaky' }) : send(200, { id: next++, key: p[1] });
       }
       if (p[0] === 'slow') return setTimeout(() => send(200, { id: next++ }), Number(p[1]));
+      if (p[0] === 'slowonce') { // takes effect at once, answers slowly; a repeat of its key answers at once
+        const key = req.headers['idempotency-key'];
+        if (onceIds.has(key)) return send(200, { id: onceIds.get(key) });
+        onceIds.set(key, next++);
+        return setTimeout(() => send(200, { id: onceIds.get(key) }), Number(p[1]));
+      }
       return send(200, { id: next++, path: req.url, got: call.body });
     });
   });
@@ -70,6 +77,9 @@ const SAGAS = {
   badcomp: { max_compensation_attempts: 2, steps: [
     step('a', { path: '/a' }, { path: '/flaky/${input.key}/${input.undo_failures}' }, { retry: { attempts: 1, backoff: '10ms' } }),
     step('b', { path: '/fail/422' }),
+  ] },
+  learn: { steps: [
+    step('a', { path: '/slowonce/1500' }, { path: '/undo/a/${steps.a.id}' }, { timeout: '300ms', retry: { attempts: 1, backoff: '10ms' } }),
   ] },
   slow: { steps: [
     step('a', { path: '/a' }, { path: '/undo/a' }),
@@ -159,6 +169,15 @@ describe('sagas in trellis up', () => {
     assert.equal(s.steps[2].action.attempts, 2);
     assert.equal(part.byKey(`${s.id}:c:action`).length, 2, 'both attempts carry the same key');
     assert.equal(s.steps[2].compensation.state, 'done', 'an uncertain step is compensated too');
+  });
+
+  test('a step that timed out but took effect: its answer is learnt again, then it is compensated', async () => {
+    const s = (await start('learn', {})).json;
+    assert.equal(s.state, 'compensated', JSON.stringify(s));
+    const calls = part.byKey(`${s.id}:a:action`);
+    assert.equal(calls.length, 2, 'sent again with the same key to learn its answer');
+    const [undo] = part.byKey(`${s.id}:a:compensation`);
+    assert.equal(undo.path, `/undo/a/${s.steps[0].action.response.id}`, 'compensated with the id the step made');
   });
 
   test('a flaky step succeeds within its retries', async () => {

@@ -2,7 +2,9 @@
 // from catalog and checked against inventory, validation, reading and cancelling, the
 // correlation ID, and the resilience story: a killed inventory replica (retries go to the
 // other), inventory down (fallback: pending / deferred, then verified again once it is back
-// and the breaker closes), catalog down (503).
+// and the breaker closes), catalog down (503); and the create-order saga's calls: orders
+// idempotent by Idempotency-Key, "status":"pending" without a stock check, confirm, and a
+// cancel that a compensation may send again.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -164,6 +166,85 @@ describe('shop order: orders across catalog and inventory', () => {
     assert.deepEqual(r.json.items.map((x) => x.id), [o.id]);
     assertProblemJson(await order.req('/orders/999999/cancel', { method: 'POST' }), 404);
     assertProblemJson(await order.req('/orders/0/cancel', { method: 'POST' }), 400, 'bad-id');
+  });
+
+  // The create-order saga (docs/sagas.md) calls the order service at least once per step,
+  // with Idempotency-Key: <saga-id>:<step>:<action|compensation>.
+  test('POST /orders with an Idempotency-Key: a repeat (even concurrent) returns the first order', async () => {
+    const key = `saga-${Date.now()}:order:action`;
+    const body = { customer_id: 1100, items: [{ product_id: 2, quantity: 1 }] };
+    const first = await place(body, { 'idempotency-key': key });
+    assert.equal(first.status, 201, first.text);
+    const again = await place(body, { 'idempotency-key': key });
+    assert.equal(again.status, 200, again.text);
+    assert.equal(again.headers['idempotent-replayed'], 'true');
+    assert.deepEqual(again.json, first.json);
+    const key2 = `${key}-concurrent`;
+    const many = await Promise.all([1, 2, 3, 4].map(() => place(body, { 'idempotency-key': key2 })));
+    assert.deepEqual(many.map((r) => r.status).sort(), [200, 200, 200, 201], many.map((r) => r.text).join('\n'));
+    assert.equal(new Set(many.map((r) => r.json.id)).size, 1, 'one order for one key');
+    const list = await order.req('/orders?customer_id=1100');
+    assert.equal(list.json.items.length, 2, 'two keys, two orders');
+    assertProblemJson(await place(body, { 'idempotency-key': 'k'.repeat(256) }), 400, 'bad-idempotency-key');
+  });
+
+  test('"status":"pending" takes the order without a stock check (the saga reserves stock)', async () => {
+    const p12 = await catalog.req('/products/12');
+    const r = await place({ customer_id: 1200, items: [{ product_id: 12, quantity: 2 }], status: 'pending' });
+    assert.equal(r.status, 201, `product 12 has no stock, but nobody asked inventory: ${r.text}`);
+    assert.equal(r.json.status, 'pending');
+    assert.equal(r.json.stock_check, 'deferred');
+    assert.equal(r.json.total_cents, 2 * p12.json.price_cents, 'priced from catalog');
+    assert.equal(r.json.payment, undefined, 'no payment yet');
+    for (const status of ['created', 'confirmed', 1, null]) {
+      const p = assertProblemJson(await place({ customer_id: 1200, items: [{ product_id: 1, quantity: 1 }], status }), 422, 'invalid-order');
+      assert.match(p.detail, /status/);
+    }
+  });
+
+  test('confirm: 200 confirmed with the payment, idempotent; cancelled 409; a confirmed order cannot be cancelled', async () => {
+    const o = (await place({ customer_id: 1300, items: [{ product_id: 3, quantity: 1 }], status: 'pending' })).json;
+    let r = await order.req(`/orders/${o.id}/confirm`, { method: 'POST', json: { payment: 77 }, headers: { 'idempotency-key': 's:confirm:action' } });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.status, 'confirmed');
+    assert.equal(r.json.payment, 77);
+    r = await order.req(`/orders/${o.id}/confirm`, { method: 'POST', json: { payment: 78 }, headers: { 'idempotency-key': 's:confirm:action' } });
+    assert.equal(r.status, 200, 'again: the same answer');
+    assert.equal(r.json.payment, 77, 'the first payment is kept');
+    assert.equal((await order.req(`/orders/${o.id}`)).json.payment, 77);
+    r = await order.req('/orders?customer_id=1300&status=confirmed');
+    assert.deepEqual(r.json.items.map((x) => x.id), [o.id]);
+    assertProblemJson(await order.req(`/orders/${o.id}/cancel`, { method: 'POST' }), 409, 'order-confirmed');
+    // Without a body, and with a string charge id.
+    const b = (await place({ customer_id: 1300, items: [{ product_id: 3, quantity: 1 }], status: 'pending' })).json;
+    r = await order.req(`/orders/${b.id}/confirm`, { method: 'POST' });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.payment, undefined);
+    r = await order.req(`/orders/${b.id}/confirm`, { method: 'POST', json: { payment: 'ch_1' } });
+    assert.equal(r.json.payment, 'ch_1', 'a payment named later is recorded');
+    const c = (await place({ customer_id: 1300, items: [{ product_id: 3, quantity: 1 }] })).json;
+    assert.equal((await order.req(`/orders/${c.id}/cancel`, { method: 'POST' })).status, 200);
+    assertProblemJson(await order.req(`/orders/${c.id}/confirm`, { method: 'POST' }), 409, 'order-cancelled');
+    assertProblemJson(await order.req('/orders/999999/confirm', { method: 'POST' }), 404, 'not-found');
+    assertProblemJson(await order.req(`/orders/${b.id}/confirm`, { method: 'POST', json: { payment: -1 } }), 422, 'invalid-order');
+    assertProblemJson(await order.req(`/orders/${b.id}/confirm`, { method: 'POST', json: { payment: '' } }), 422, 'invalid-order');
+  });
+
+  test('cancel is idempotent by Idempotency-Key: the same compensation again is 200, another cancel 409', async () => {
+    const o = (await place({ customer_id: 1400, items: [{ product_id: 5, quantity: 1 }], status: 'pending' })).json;
+    const key = `saga-${Date.now()}:order:compensation`;
+    const first = await order.req(`/orders/${o.id}/cancel`, { method: 'POST', headers: { 'idempotency-key': key } });
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.json.status, 'cancelled');
+    const again = await order.req(`/orders/${o.id}/cancel`, { method: 'POST', headers: { 'idempotency-key': key } });
+    assert.equal(again.status, 200, again.text);
+    assert.deepEqual(again.json, first.json, 'the same result');
+    assertProblemJson(await order.req(`/orders/${o.id}/cancel`, { method: 'POST', headers: { 'idempotency-key': `${key}-other` } }), 409, 'already-cancelled');
+    assertProblemJson(await order.req(`/orders/${o.id}/cancel`, { method: 'POST' }), 409, 'already-cancelled');
+    // Sent twice at once (two replicas, a retried compensation): both 200.
+    const p = (await place({ customer_id: 1400, items: [{ product_id: 5, quantity: 1 }], status: 'pending' })).json;
+    const both = await Promise.all([1, 2].map(() => order.req(`/orders/${p.id}/cancel`, { method: 'POST', headers: { 'idempotency-key': key + p.id } })));
+    assert.deepEqual(both.map((r) => r.status), [200, 200]);
   });
 
   test('with two inventory replicas, a SIGKILLed one does not fail orders', async () => {

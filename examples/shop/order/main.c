@@ -1,6 +1,7 @@
 /*
  * The shop's order service: takes orders after asking catalog for names and prices and
- * inventory for stock (with a fallback: when inventory cannot answer, the order is pending).
+ * inventory for stock (with a fallback: when inventory cannot answer, the order is pending),
+ * and is the first and last step of the create-order saga (idempotent by Idempotency-Key).
  */
 #include <trellis/app.h>
 #include <trellis/log.h>
@@ -18,6 +19,8 @@
 #define DEFAULT_LIMIT   20
 #define MAX_LIMIT       100
 #define DEFAULT_OPEN_MS 2000
+#define MAX_KEY         255
+#define MAX_PAYMENT     128
 
 static const char *const migrations[] = {
     "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,"
@@ -29,11 +32,29 @@ static const char *const migrations[] = {
     "  correlation_id TEXT);"
     "CREATE INDEX orders_by_customer ON orders (customer_id, id);"
     "CREATE INDEX orders_by_status ON orders (status, id);",
+    /* 2: the saga's states and keys. SQLite cannot change a CHECK in place: rebuild. The
+     * payment column has no type so that a charge id keeps its JSON type. */
+    "CREATE TABLE orders_v2 (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,"
+    "  status TEXT NOT NULL"
+    "    CHECK (status IN ('created', 'pending', 'confirmed', 'cancelled')),"
+    "  stock_check TEXT NOT NULL CHECK (stock_check IN ('verified', 'deferred')),"
+    "  items_json TEXT NOT NULL, total_cents INTEGER NOT NULL,"
+    "  currency TEXT NOT NULL DEFAULT 'EUR',"
+    "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),"
+    "  correlation_id TEXT, idempotency_key TEXT UNIQUE, cancel_key TEXT, payment);"
+    "INSERT INTO orders_v2 (id, customer_id, status, stock_check, items_json, total_cents,"
+    "  currency, created_at, correlation_id)"
+    "  SELECT id, customer_id, status, stock_check, items_json, total_cents, currency,"
+    "  created_at, correlation_id FROM orders;"
+    "DROP TABLE orders;"
+    "ALTER TABLE orders_v2 RENAME TO orders;"
+    "CREATE INDEX orders_by_customer ON orders (customer_id, id);"
+    "CREATE INDEX orders_by_status ON orders (status, id);",
     NULL};
 
 #define ORDER_COLUMNS                                                                              \
     "id, customer_id, status, stock_check, items_json, total_cents, currency, created_at,"         \
-    " correlation_id"
+    " correlation_id, payment"
 
 struct order_req_s;
 
@@ -50,6 +71,8 @@ typedef struct line_s {
 typedef struct order_req_s {
     tr_ctx_t *ctx;
     int64_t customer_id;
+    const char *key; /* Idempotency-Key header, or NULL */
+    bool saga;       /* "status":"pending": the saga reserves stock, no stock check here */
     line_t *lines;
     size_t n;
     size_t outstanding; /* calls of the current phase not answered yet */
@@ -84,9 +107,33 @@ static bool invalid(tr_ctx_t *ctx, const char *fmt, ...)
     return false;
 }
 
+/* An order as the API shows it: `payment` only once a confirm named one. */
+static json_t *shown(json_t *order)
+{
+    if (order && json_is_null(json_object_get(order, "payment"))) json_object_del(order, "payment");
+    return order;
+}
+
 static json_t *order_json(tr_db_t *db, int64_t id)
 {
-    return tr_db_row(db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", "i", id);
+    return shown(tr_db_row(db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", "i", id));
+}
+
+/* The order an earlier POST /orders with this Idempotency-Key made, or NULL. */
+static json_t *order_by_key(tr_db_t *db, const char *key)
+{
+    return shown(tr_db_row(
+        db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE idempotency_key = ?", "s", key));
+}
+
+/* The Idempotency-Key header (NULL when absent); false after answering 400 for a bad one. */
+static bool idempotency_key(tr_ctx_t *ctx, const char **key)
+{
+    *key = tr_ctx_header(ctx, "idempotency-key");
+    if (!*key || (**key && strlen(*key) <= MAX_KEY)) return true;
+    tr_ctx_problem(ctx, 400, "bad-idempotency-key", "Bad Idempotency-Key",
+                   "the Idempotency-Key header must be 1 to %d bytes", MAX_KEY);
+    return false;
 }
 
 /* ---- POST /orders: validate, ask catalog, ask inventory, store ---- */
@@ -117,8 +164,13 @@ static order_req_t *parse_order(tr_ctx_t *ctx)
     const json_t *body = tr_ctx_body(ctx);
     const json_t *customer = json_object_get(body, "customer_id");
     const json_t *items = json_object_get(body, "items");
+    const char *status = json_string_value(json_object_get(body, "status"));
     if (!int_in(customer, 1, INT64_MAX)) {
         invalid(ctx, "\"customer_id\" must be a positive integer");
+        return NULL;
+    }
+    if (json_object_get(body, "status") && (!status || strcmp(status, "pending"))) {
+        invalid(ctx, "\"status\" must be \"pending\" (or absent)");
         return NULL;
     }
     size_t n = json_array_size(items);
@@ -129,6 +181,7 @@ static order_req_t *parse_order(tr_ctx_t *ctx)
     order_req_t *o = tr_ctx_alloc(ctx, sizeof(*o));
     *o = (order_req_t){.ctx = ctx,
                        .customer_id = json_integer_value(customer),
+                       .saga = status != NULL,
                        .n = n,
                        .unknown_at = -1,
                        .short_at = -1};
@@ -138,6 +191,18 @@ static order_req_t *parse_order(tr_ctx_t *ctx)
         if (!parse_line(ctx, json_array_get(items, i), i, o->lines)) return NULL;
     }
     return o;
+}
+
+/* Answers a repeat of POST /orders with the order its Idempotency-Key made first. */
+static void replay_order(tr_ctx_t *ctx, const char *key)
+{
+    json_t *order = order_by_key(tr_ctx_db(ctx), key);
+    if (!order) {
+        internal_error(ctx);
+        return;
+    }
+    tr_ctx_set_header(ctx, "idempotent-replayed", "true");
+    tr_ctx_reply_json(ctx, 200, order);
 }
 
 static void store_order(order_req_t *o)
@@ -154,14 +219,19 @@ static void store_order(order_req_t *o)
                                         "unit_price_cents", (json_int_t)l->unit_price_cents));
         total += l->quantity * l->unit_price_cents;
     }
-    const char *status = o->deferred ? "pending" : "created";
-    const char *check = o->deferred ? "deferred" : "verified";
-    int rc = tr_db_run(db,
-                       "INSERT INTO orders (customer_id, status, stock_check, items_json,"
-                       " total_cents, correlation_id) VALUES (?, ?, ?, ?, ?, ?)",
-                       "issjis", o->customer_id, status, check, items, total,
-                       tr_ctx_correlation_id(ctx));
+    bool pending = o->deferred || o->saga;
+    const char *status = pending ? "pending" : "created";
+    const char *check = pending ? "deferred" : "verified";
+    int rc = tr_db_run(
+        db,
+        "INSERT INTO orders (customer_id, status, stock_check, items_json,"
+        " total_cents, correlation_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "issjiss", o->customer_id, status, check, items, total, tr_ctx_correlation_id(ctx), o->key);
     json_decref(items);
+    if (rc == TR_EEXISTS && o->key) { /* the same call, made at once by another replica */
+        replay_order(ctx, o->key);
+        return;
+    }
     int64_t id = rc < 0 ? 0 : tr_db_last_id(db);
     json_t *order = id ? order_json(db, id) : NULL;
     if (!order) {
@@ -231,6 +301,8 @@ static void after_catalog(order_req_t *o)
     } else if (o->unknown_at >= 0) {
         invalid(o->ctx, "\"items[%zd].product_id\": unknown product %lld", o->unknown_at,
                 (long long)o->lines[o->unknown_at].product_id);
+    } else if (o->saga) {
+        store_order(o); /* the saga's next step reserves the stock */
     } else {
         check_stock(o);
     }
@@ -258,8 +330,17 @@ static void on_product(tr_ctx_t *ctx, const tr_call_result_t *r, void *data)
 static void post_order(tr_ctx_t *ctx, void *data)
 {
     (void)data;
+    const char *key;
+    if (!idempotency_key(ctx, &key)) return;
+    json_t *prior = key ? order_by_key(tr_ctx_db(ctx), key) : NULL;
+    if (prior) {
+        json_decref(prior);
+        replay_order(ctx, key);
+        return;
+    }
     order_req_t *o = parse_order(ctx);
     if (!o) return;
+    o->key = key;
     /* Count every call first: a call's callback may run before tr_ctx_call returns. */
     o->outstanding = o->n;
     for (size_t i = 0; i < o->n; i++) {
@@ -324,9 +405,9 @@ static void list_orders(tr_ctx_t *ctx, void *data)
         return;
     const char *status = tr_ctx_query(ctx, "status");
     if (status && strcmp(status, "created") && strcmp(status, "pending") &&
-        strcmp(status, "cancelled")) {
+        strcmp(status, "confirmed") && strcmp(status, "cancelled")) {
         tr_ctx_problem(ctx, 400, "bad-query", "Bad query parameter",
-                       "\"status\" must be created, pending or cancelled");
+                       "\"status\" must be created, pending, confirmed or cancelled");
         return;
     }
     json_t *rows = tr_db_rows(tr_ctx_db(ctx), NULL,
@@ -338,18 +419,87 @@ static void list_orders(tr_ctx_t *ctx, void *data)
         internal_error(ctx);
         return;
     }
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) shown(row);
     tr_ctx_reply_json(ctx, 200, json_pack("{so}", "items", rows));
+}
+
+/*
+ * Why a cancel changed nothing: 200 when the same Idempotency-Key cancelled it already (a
+ * saga's compensation sent again), else 409. Takes the order.
+ */
+static void cancel_refused(tr_ctx_t *ctx, int64_t id, json_t *order, const char *key)
+{
+    const char *status = json_string_value(json_object_get(order, "status"));
+    int64_t same = key ? tr_db_int(tr_ctx_db(ctx), 0,
+                                   "SELECT COUNT(*) FROM orders WHERE id = ? AND cancel_key = ?",
+                                   "is", id, key)
+                       : 0;
+    if (same) {
+        tr_ctx_set_header(ctx, "idempotent-replayed", "true");
+        tr_ctx_reply_json(ctx, 200, order);
+        return;
+    }
+    bool confirmed = status && !strcmp(status, "confirmed");
+    json_decref(order);
+    if (confirmed)
+        tr_ctx_problem(ctx, 409, "order-confirmed", "Order confirmed",
+                       "order %lld is confirmed (paid) and can no longer be cancelled",
+                       (long long)id);
+    else
+        tr_ctx_problem(ctx, 409, "already-cancelled", "Order already cancelled",
+                       "order %lld is cancelled already", (long long)id);
 }
 
 static void cancel_order(tr_ctx_t *ctx, void *data)
 {
     (void)data;
     int64_t id;
-    if (!order_param(ctx, &id)) return;
+    const char *key;
+    if (!order_param(ctx, &id) || !idempotency_key(ctx, &key)) return;
     tr_db_t *db = tr_ctx_db(ctx);
-    int rc = tr_db_run(
-        db, "UPDATE orders SET status = 'cancelled' WHERE id = ? AND status <> 'cancelled'", "i",
-        id);
+    int rc = tr_db_run(db,
+                       "UPDATE orders SET status = 'cancelled', cancel_key = ?"
+                       " WHERE id = ? AND status NOT IN ('cancelled', 'confirmed')",
+                       "si", key, id);
+    json_t *order = rc < 0 ? NULL : order_json(db, id);
+    if (rc < 0)
+        internal_error(ctx);
+    else if (!order)
+        not_found(ctx, id);
+    else if (rc == 0)
+        cancel_refused(ctx, id, order, key);
+    else {
+        tr_log_info("order cancelled", TR_LOG_INT("order_id", id));
+        tr_ctx_reply_json(ctx, 200, order);
+    }
+}
+
+/* The optional "payment" of a confirm's body (a charge id); false after answering 422. */
+static bool parse_payment(tr_ctx_t *ctx, const json_t **payment)
+{
+    *payment = json_object_get(tr_ctx_body(ctx), "payment");
+    if (!*payment || json_is_null(*payment) || int_in(*payment, 1, INT64_MAX)) return true;
+    size_t len = json_string_length(*payment);
+    if (json_is_string(*payment) && len >= 1 && len <= MAX_PAYMENT) return true;
+    return invalid(ctx, "\"payment\" must be a charge id: a positive integer or 1 to %d bytes",
+                   MAX_PAYMENT);
+}
+
+/* Confirms the order (again: the same answer); a payment named first is kept. */
+static void confirm_order(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    int64_t id;
+    const json_t *payment;
+    if (!order_param(ctx, &id) || !parse_payment(ctx, &payment)) return;
+    tr_db_t *db = tr_ctx_db(ctx);
+    const char *sql = "UPDATE orders SET status = 'confirmed', payment = COALESCE(payment, ?)"
+                      " WHERE id = ? AND status <> 'cancelled'";
+    int rc = json_is_integer(payment)
+                 ? tr_db_run(db, sql, "ii", (int64_t)json_integer_value(payment), id)
+                 : tr_db_run(db, sql, "si", json_string_value(payment), id);
     json_t *order = rc < 0 ? NULL : order_json(db, id);
     if (rc < 0)
         internal_error(ctx);
@@ -357,10 +507,12 @@ static void cancel_order(tr_ctx_t *ctx, void *data)
         not_found(ctx, id);
     else if (rc == 0) {
         json_decref(order);
-        tr_ctx_problem(ctx, 409, "already-cancelled", "Order already cancelled",
-                       "order %lld is cancelled already", (long long)id);
-    } else
+        tr_ctx_problem(ctx, 409, "order-cancelled", "Order cancelled",
+                       "order %lld is cancelled and cannot be confirmed", (long long)id);
+    } else {
+        tr_log_info("order confirmed", TR_LOG_INT("order_id", id));
         tr_ctx_reply_json(ctx, 200, order);
+    }
 }
 
 /* ---- the program ---- */
@@ -397,6 +549,7 @@ static int setup(tr_app_t *app, char *err, size_t errlen)
     tr_app_route(app, "GET", "/orders", list_orders, NULL);
     tr_app_route(app, "GET", "/orders/{id}", get_order, NULL);
     tr_app_route(app, "POST", "/orders/{id}/cancel", cancel_order, NULL);
+    tr_app_route(app, "POST", "/orders/{id}/confirm", confirm_order, NULL);
     return 0;
 }
 
@@ -406,7 +559,8 @@ int main(int argc, char **argv)
         .name = "order",
         .about =
             "The shop's order service (examples/shop/API.md): calls catalog for names and prices\n"
-            "and inventory for stock (with a fallback when inventory cannot answer).\n"
+            "and inventory for stock (with a fallback when inventory cannot answer); steps\n"
+            "of the create-order saga, idempotent by Idempotency-Key.\n"
             "SHOP_BREAKER_OPEN_MS sets how long a tripped breaker stays open (2000).\n",
         .migrations = migrations,
         .setup = setup,

@@ -106,7 +106,10 @@ static const char *idempotency_key(tr_ctx_t *ctx)
                        "the Idempotency-Key header must be 1 to %d bytes", MAX_KEY);
         return NULL;
     }
-    return key;
+    /* A copy in the ctx: the request's own memory is gone if its client leaves. */
+    char *copy = tr_ctx_alloc(ctx, strlen(key) + 1);
+    memcpy(copy, key, strlen(key) + 1);
+    return copy;
 }
 
 /* Answers 422 with a detail that names the field; returns false for the caller to return. */
@@ -362,16 +365,24 @@ static void on_hang_closed(uv_handle_t *h)
 
 /*
  * Polls rather than waiting 30 s in one go, so that a stop does not wait for the hang:
- * the request then gets 503 (nothing recorded; a retry with the same key charges).
+ * the request then gets 503 (nothing recorded; a retry with the same key charges). A caller
+ * that gave up (its timeout closed the connection) is never charged: like a payment
+ * provider's authorisation that expires, the charge is abandoned, so a saga that timed out
+ * and compensated leaves no money taken.
  */
 static void on_hang_tick(uv_timer_t *t)
 {
     hang_t *h = t->data;
-    bool stopping = app_stopping(h->ctx);
-    if (!stopping && uv_now(t->loop) - h->started_ms < HANG_MS) return;
+    bool stopping = app_stopping(h->ctx), gone = tr_ctx_client_gone(h->ctx);
+    if (!stopping && !gone && uv_now(t->loop) - h->started_ms < HANG_MS) return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, on_hang_closed);
-    if (stopping)
+    if (gone) {
+        tr_log_warn("payment: the caller gave up on a slow charge; it is not made",
+                    TR_LOG_STR("idempotency_key", h->req->key));
+        tr_ctx_problem(h->ctx, 504, "abandoned", "Charge abandoned",
+                       "the caller went away before the charge was made; nothing was charged");
+    } else if (stopping)
         tr_ctx_problem(h->ctx, 503, "stopping", "Service stopping",
                        "the payment service stopped before the charge was made; retry with the "
                        "same Idempotency-Key");
