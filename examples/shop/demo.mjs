@@ -205,6 +205,18 @@ async function main() {
   check(dOrder.json?.status === 'cancelled' && dResv.json?.status === 'released' && dStock.on_hand === after.on_hand &&
     dStock.reserved === after.reserved, 'the order is cancelled, the reservation released, the stock as it was',
   `order ${dOrder.json?.id}: ${dOrder.json?.status}; reservation ${dResv.json?.id}: ${dResv.json?.status}; on hand ${dStock.on_hand}, reserved ${dStock.reserved}`);
+  // The order service publishes OrderPlaced/Confirmed/Cancelled through its transactional
+  // outbox into the event store; notification keeps its messages from them (a projection).
+  const told = async (id, n) => until(async () => {
+    const r = await gw('GET', `/api/v1/notifications?order_id=${id}`, { token });
+    return r.json?.items?.length >= n ? r.json.items : undefined;
+  }, 10000, 200);
+  const okMsgs = await told(orderId, 2);
+  check(okMsgs?.map((m) => m.kind).join(',') === 'order-placed,order-confirmed',
+    'the notification service heard of it from the event store', okMsgs?.map((m) => `"${m.text}"`).join(' ') || 'no messages');
+  const noMsgs = await told(responseOf(ds, 'order').id, 2);
+  check(noMsgs?.map((m) => m.kind).join(',') === 'order-placed,order-cancelled',
+    'and of the cancelled one', noMsgs?.at(-1) ? `"${noMsgs.at(-1).text}"` : 'no messages');
 
   chapter('6. Kill one inventory replica: traffic keeps flowing');
   await sleep(1500); // services export spans every second: let the first order's spans leave

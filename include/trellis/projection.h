@@ -1,5 +1,6 @@
 /*
- * CQRS read models for libtrellis apps: a projection follows the event store (docs/
+ * Events for libtrellis apps: publishing through a transactional outbox, and CQRS read
+ * models. Read models: a projection follows the event store (docs/
  * eventstore.md) and hands each committed event, in order, to the app's `apply` inside a
  * transaction of the app's own database that also moves the projection's checkpoint. So
  * the read model and the checkpoint change together: after a crash the projection resumes
@@ -41,5 +42,17 @@ int tr_app_projection(tr_app_t *app, const tr_projection_options_t *o);
 
 /* The position of the last event the projection applied (-1 before the first). */
 int64_t tr_projection_checkpoint(tr_app_t *app, const char *name);
+
+/*
+ * Publishes an event through the app's transactional outbox: the event is written to the
+ * app's own database (table tr_outbox) with `db` — call it inside the transaction that
+ * makes the state change it describes (tr_db_begin … tr_db_commit), so the event exists if
+ * and only if the change does. The app's relay then appends it to the event store's
+ * `stream` (at least once; the event id "<app>-outbox-<n>" makes a repeat a no-op) and
+ * removes it, in order, retrying with backoff while the store is down. `data` is borrowed.
+ * Returns 0, or an error (logged) from the database.
+ */
+int tr_app_publish(tr_app_t *app, tr_db_t *db, const char *stream, const char *type,
+                   const json_t *data);
 
 #endif

@@ -1,5 +1,6 @@
 /* The event store: SQLite schema, the group-committing writer thread, and reads. */
 #include "eventstore/eventstore_internal.h"
+#include "eventstore/outbox.h"
 
 #include "core/buf.h"
 #include "core/jsonw.h"
@@ -30,6 +31,12 @@ static const char *const migrations[] = {
     " metadata TEXT, time INTEGER NOT NULL);"
     "CREATE UNIQUE INDEX events_stream ON events (stream, version);"
     "CREATE UNIQUE INDEX events_id ON events (id);",
+    /* 2: push subscriptions (the outbox): definitions, checkpoints and dead letters. */
+    "CREATE TABLE subscriptions (name TEXT PRIMARY KEY, definition TEXT NOT NULL,"
+    " checkpoint INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE dead_letters (subscription TEXT NOT NULL, position INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL, error TEXT NOT NULL, time INTEGER NOT NULL,"
+    " retry INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (subscription, position)) WITHOUT ROWID;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -318,6 +325,9 @@ int tr_eventstore_open(const char *path, const tr_eventstore_options_t *opts, tr
         return e < 0 ? e : TR_EIO;
     }
     if (s->opts.loop) s->refs += 2; /* the async and check handles */
+    if (s->opts.loop && (e = tr__outbox_start(s)) != 0)
+        tr_log_error("cannot load the push subscriptions; they are not delivered",
+                     TR_LOG_STR("path", s->path), TR_LOG_ERR(e));
     *out = s;
     return 0;
 }
@@ -356,6 +366,7 @@ void tr_eventstore_close(tr_eventstore_t *s)
         bool committed = false;
         deliver_done(s, &committed);
         tr__eventstore_http_close(s);
+        tr__outbox_close(s);
         uv_close((uv_handle_t *)&s->async, on_async_closed);
         uv_close((uv_handle_t *)&s->check, on_async_closed);
     }
@@ -576,6 +587,89 @@ static bool apply_metadata(tr_eventstore_t *s, tr_es_write_t *w)
     return ok;
 }
 
+/*
+ * Runs one statement of a subscription op with `binds` ("t" text, "i" int64, in order) and
+ * returns the rows it changed, or -1 when SQLite failed. These run a few times per delivered
+ * event, not per appended one, so preparing each time is fine.
+ */
+static int sql_run(sqlite3 *db, const char *sql, const char *binds, ...)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return -1;
+    va_list ap;
+    va_start(ap, binds);
+    for (int i = 0; binds[i]; i++) {
+        if (binds[i] == 't')
+            sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+    }
+    va_end(ap);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? sqlite3_changes(db) : -1;
+}
+
+#define SQL_CHECKPOINT "UPDATE subscriptions SET checkpoint = max(checkpoint, ?2) WHERE name = ?1"
+
+static bool apply_sub_put(sqlite3 *db, tr_es_write_t *w)
+{
+    if (sql_run(db,
+                "INSERT INTO subscriptions (name, definition, checkpoint) VALUES (?1, ?2,"
+                " CASE WHEN ?3 >= 0 THEN ?3 ELSE (SELECT coalesce(max(position), 0) FROM events)"
+                " END) ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,"
+                " checkpoint = excluded.checkpoint",
+                "tti", w->stream, w->text, w->at) < 0)
+        return false;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT checkpoint FROM subscriptions WHERE name = ?1", -1, &st,
+                           NULL) != SQLITE_OK)
+        return false;
+    sqlite3_bind_text(st, 1, w->stream, -1, SQLITE_STATIC);
+    bool ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok) w->position = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    w->status = 201;
+    return ok;
+}
+
+/* The subscription ops (outbox.c); false when SQLite failed. */
+static bool apply_sub(sqlite3 *db, tr_es_write_t *w, int64_t t)
+{
+    int n = 0;
+    w->status = 200;
+    switch (w->op) {
+    case TR_ES_OP_SUB_PUT:
+        return apply_sub_put(db, w);
+    case TR_ES_OP_SUB_DELETE:
+        n = sql_run(db, "DELETE FROM dead_letters WHERE subscription = ?1", "t", w->stream);
+        if (n >= 0) n = sql_run(db, "DELETE FROM subscriptions WHERE name = ?1", "t", w->stream);
+        if (n == 0) w->status = 404;
+        return n >= 0;
+    case TR_ES_OP_SUB_CHECKPOINT:
+        n = sql_run(db, SQL_CHECKPOINT, "ti", w->stream, w->at);
+        if (n >= 0 && w->dead_letter_done)
+            n = sql_run(db, "DELETE FROM dead_letters WHERE subscription = ?1 AND position = ?2",
+                        "ti", w->stream, w->at);
+        return n >= 0;
+    case TR_ES_OP_SUB_DEAD:
+        n = sql_run(db,
+                    "INSERT INTO dead_letters (subscription, position, attempts, error, time)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (subscription, position) DO UPDATE"
+                    " SET attempts = excluded.attempts, error = excluded.error,"
+                    " time = excluded.time, retry = 0",
+                    "tiiti", w->stream, w->at, w->attempts, w->text ? w->text : "", t);
+        if (n >= 0) n = sql_run(db, SQL_CHECKPOINT, "ti", w->stream, w->at);
+        return n >= 0;
+    default:
+        n = sql_run(db,
+                    "UPDATE dead_letters SET retry = 1 WHERE subscription = ?1 AND position = ?2",
+                    "ti", w->stream, w->at);
+        if (n == 0) w->status = 404;
+        return n >= 0;
+    }
+}
+
 static bool apply(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
 {
     w->status = 0;
@@ -585,8 +679,10 @@ static bool apply(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
         return apply_append(s, w, t);
     case TR_ES_OP_DELETE:
         return apply_delete(s, w);
-    default:
+    case TR_ES_OP_METADATA:
         return apply_metadata(s, w);
+    default:
+        return apply_sub(s->wdb, w, t);
     }
 }
 
@@ -663,7 +759,9 @@ static void *writer_main(void *arg)
         s->commits++;
         s->events += events;
         if (events && head > s->head) s->head = head;
-        s->committed = true;
+        /* Only new events wake subscribers: a checkpoint commit must not wake the outbox
+         * that made it. */
+        if (events) s->committed = true;
         finish_group(s, batch);
         if (s->opts.loop) uv_async_send(&s->async);
     }
@@ -752,7 +850,10 @@ static void on_async(uv_async_t *h)
     tr_eventstore_t *s = h->data;
     bool committed;
     deliver_done(s, &committed);
-    if (committed && !s->closing) tr__eventstore_http_committed(s);
+    if (committed && !s->closing) {
+        tr__eventstore_http_committed(s);
+        tr__outbox_committed(s);
+    }
 }
 
 /* ---- reads ------------------------------------------------------------------------------ */
@@ -875,6 +976,61 @@ int tr_eventstore_metadata(tr_eventstore_t *s, const char *stream, tr_es_meta_t 
     pthread_mutex_unlock(&s->rmu);
     *out = (tr_es_meta_t){.found = row};
     if (row) out->max_age_ms = rs.max_age_ms, out->max_count = rs.max_count;
+    return e;
+}
+
+static int load_rows(tr_eventstore_t *s, const char *sql, int (*row)(sqlite3_stmt *st, void *),
+                     void *data)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&s->rmu);
+    int rc = sqlite3_prepare_v2(s->rdb, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            row(st, data);
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->rmu);
+    return rc == SQLITE_DONE ? 0 : TR_EIO;
+}
+
+typedef struct load_ctx_s {
+    tr_es_subscription_cb sub_cb;
+    tr_es_dead_letter_cb dead_cb;
+    void *data;
+} load_ctx_t;
+
+static int on_sub_row(sqlite3_stmt *st, void *data)
+{
+    load_ctx_t *c = data;
+    c->sub_cb(col_text(st, 0), col_text(st, 1), sqlite3_column_int64(st, 2), c->data);
+    return 0;
+}
+
+static int on_dead_row(sqlite3_stmt *st, void *data)
+{
+    load_ctx_t *c = data;
+    tr_es_dead_letter_t d = {.subscription = col_text(st, 0),
+                             .position = sqlite3_column_int64(st, 1),
+                             .attempts = sqlite3_column_int64(st, 2),
+                             .error = col_text(st, 3),
+                             .time_ms = sqlite3_column_int64(st, 4),
+                             .retry = sqlite3_column_int(st, 5) != 0};
+    c->dead_cb(&d, c->data);
+    return 0;
+}
+
+int tr_eventstore_load_subscriptions(tr_eventstore_t *s, tr_es_subscription_cb sub_cb,
+                                     tr_es_dead_letter_cb dead_cb, void *data)
+{
+    load_ctx_t c = {sub_cb, dead_cb, data};
+    int e = load_rows(s, "SELECT name, definition, checkpoint FROM subscriptions ORDER BY name",
+                      on_sub_row, &c);
+    if (!e)
+        e = load_rows(s,
+                      "SELECT subscription, position, attempts, error, time, retry"
+                      " FROM dead_letters ORDER BY subscription, position",
+                      on_dead_row, &c);
     return e;
 }
 

@@ -43,8 +43,8 @@ int tr_eventstore_open(const char *path, const tr_eventstore_options_t *opts, tr
 void tr_eventstore_close(tr_eventstore_t *s);
 
 /*
- * Serves `req` when its path is under /api/streams (then it answers or takes the request
- * over, and returns true); returns false for any other path, leaving req untouched.
+ * Serves `req` when its path is under /api/streams or /api/subscriptions (then it answers or takes
+ * the request over, and returns true); returns false for any other path, leaving req untouched.
  * Call it on the store's loop.
  */
 bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req);
@@ -54,7 +54,20 @@ bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req);
 /* Expected versions other than a version N >= 0. */
 enum { TR_ES_EXPECT_NO_STREAM = -1, TR_ES_EXPECT_ANY = -2, TR_ES_EXPECT_EXISTS = -3 };
 
-enum { TR_ES_OP_APPEND, TR_ES_OP_DELETE, TR_ES_OP_METADATA };
+/*
+ * Writes. The TR_ES_OP_SUB_* ops keep push subscriptions (outbox.c) in the same database:
+ * `stream` then names the subscription.
+ */
+enum {
+    TR_ES_OP_APPEND,
+    TR_ES_OP_DELETE,
+    TR_ES_OP_METADATA,
+    TR_ES_OP_SUB_PUT,        /* text: definition; at: 0 from the start, -1 from the end */
+    TR_ES_OP_SUB_DELETE,     /* the subscription and its dead letters */
+    TR_ES_OP_SUB_CHECKPOINT, /* at: handled position; dead_letter_done: at was a dead letter */
+    TR_ES_OP_SUB_DEAD,       /* at: position dead-lettered after `attempts`; text: last error */
+    TR_ES_OP_SUB_RETRY,      /* at: the dead letter to send again (404 when there is none) */
+};
 
 typedef struct tr_es_write_s tr_es_write_t;
 typedef void (*tr_es_write_cb)(tr_es_write_t *w);
@@ -69,10 +82,14 @@ struct tr_es_write_s {
     int64_t expected;              /* append: TR_ES_EXPECT_* or a version */
     json_t *events;                /* append: an array checked by tr_eventstore_check_events */
     int64_t max_age_ms, max_count; /* metadata: 0 for none */
+    const char *text;              /* TR_ES_OP_SUB_*: see the ops */
+    int64_t at, attempts;
+    bool dead_letter_done;
     tr_es_write_cb cb;
     void *data;
     /* Results. status: 201 appended, 200 idempotent repeat or done, 409 wrong expected
-     * version or id used elsewhere, 410 deleted, 404 no such stream, 503 storage failed. */
+     * version or id used elsewhere, 410 deleted, 404 no such stream, 503 storage failed.
+     * TR_ES_OP_SUB_PUT: position is the subscription's first checkpoint. */
     int status;
     int64_t first_version, last_version, position, current_version;
     char detail[256];
@@ -145,6 +162,23 @@ int64_t tr_eventstore_head(tr_eventstore_t *s);
 /* Appends the event as a JSON object (RFC 3339 ms time) to buf (a tr_buf_t). */
 struct tr_buf_s;
 void tr_eventstore_event_json(struct tr_buf_s *buf, const tr_es_event_t *e);
+
+/* A stored push subscription and a dead letter, as loaded; strings live during the call. */
+typedef void (*tr_es_subscription_cb)(const char *name, const char *definition, int64_t checkpoint,
+                                      void *data);
+typedef struct tr_es_dead_letter_s {
+    const char *subscription, *error;
+    int64_t position, attempts, time_ms;
+    bool retry; /* asked to be sent again */
+} tr_es_dead_letter_t;
+typedef void (*tr_es_dead_letter_cb)(const tr_es_dead_letter_t *d, void *data);
+
+/*
+ * Reads every stored subscription (by name), then every dead letter (by subscription and
+ * position), through the read-only connection. Returns 0 or TR_EIO.
+ */
+int tr_eventstore_load_subscriptions(tr_eventstore_t *s, tr_es_subscription_cb sub_cb,
+                                     tr_es_dead_letter_cb dead_cb, void *data);
 
 /* Counters for tests and benchmarks: commits (transactions) and events written. */
 void tr_eventstore_stats(tr_eventstore_t *s, uint64_t *commits, uint64_t *events);

@@ -1,5 +1,6 @@
 /* The event store's HTTP API under /api/streams: append, read, metadata, delete, subscribe. */
 #include "eventstore/eventstore_internal.h"
+#include "eventstore/outbox.h"
 
 #include "core/buf.h"
 #include "core/jsonw.h"
@@ -843,8 +844,25 @@ static void dispatch(tr_eventstore_t *s, tr_http_req_t *req, const route_t *r)
     method_not_allowed(req, "GET, POST, DELETE");
 }
 
+#define SUBS_PREFIX     "/api/subscriptions"
+#define SUBS_PREFIX_LEN (sizeof(SUBS_PREFIX) - 1)
+
+static bool under(tr_http_req_t *req, const char *prefix, size_t len)
+{
+    return req->path_len >= len && memcmp(req->path, prefix, len) == 0 &&
+           (req->path_len == len || req->path[len] == '/');
+}
+
 bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req)
 {
+    if (under(req, SUBS_PREFIX, SUBS_PREFIX_LEN)) {
+        if (s->closing || !s->outbox)
+            tr_http_res_problem(req, 503, "store-unavailable", "Event store unavailable",
+                                "the event store is shutting down; retry");
+        else
+            tr__outbox_handle(s, req);
+        return true;
+    }
     if (req->path_len < PREFIX_LEN || memcmp(req->path, PREFIX, PREFIX_LEN) != 0 ||
         (req->path_len > PREFIX_LEN && req->path[PREFIX_LEN] != '/'))
         return false;

@@ -34,7 +34,8 @@ struct tr_eventstore_s {
     bool closing;
     int refs; /* loop thread: the store, each read in the thread pool, the async handle */
 
-    tr_es_sub_t *subs; /* loop thread: waiting long polls and SSE followers */
+    tr_es_sub_t *subs;          /* loop thread: waiting long polls and SSE followers */
+    struct tr_outbox_s *outbox; /* loop thread: push subscriptions (outbox.c) */
 };
 
 /* Loop thread: something was committed; wakes the waiting subscribers (eventstore_http.c). */

@@ -608,6 +608,7 @@ static int on_start(tr_worker_t *w, void *data)
                     TR_LOG_STR("registry", app->registry));
     if (app->register_self) app->reg = tr__register_start(app);
     tr__projections_start(app);
+    tr__app_outbox_start(app);
     tr_log_info("app: serving", TR_LOG_STR("addr", app->address),
                 TR_LOG_STR("registry", app->registry),
                 TR_LOG_BOOL("self_registered", app->register_self),
@@ -647,6 +648,7 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
     tr_app_t *app = data;
     if (force) {
         tr__projections_stop(app);
+        tr__app_outbox_stop(app);
         bool first = !app->closing;
         app->closing = true;
         if (app->server)
@@ -656,6 +658,7 @@ static void on_stop(tr_worker_t *w, bool force, void *data)
     tr_log_info("app: stopping", TR_LOG_UINT("in_flight", app->inflight));
     app->stopping = true;
     tr__projections_stop(app);
+    tr__app_outbox_stop(app);
     if (app->reg)
         tr__register_stop(app->reg, close_server, app);
     else

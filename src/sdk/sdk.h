@@ -61,6 +61,7 @@ typedef struct tr__target_s {
 } tr__target_t;
 
 typedef struct tr__projection_s tr__projection_t;
+typedef struct tr__app_outbox_s tr__app_outbox_t;
 
 struct tr_app_s {
     char *name, *listen, *registry, *otlp, *db_path;
@@ -87,6 +88,7 @@ struct tr_app_s {
     bool stopping, closing;
     size_t inflight;
     struct tr__registration_s *reg;
+    tr__app_outbox_t *outbox; /* while running, for an app with a database */
     tr__projection_t **projections;
     size_t nprojections;
     tr_metric_t *requests, *durations, *calls, *breakers;
@@ -133,6 +135,9 @@ uint64_t tr__now_ns(void);
 void tr__projections_start(tr_app_t *app);
 void tr__projections_stop(tr_app_t *app);
 void tr__projection_free(tr__projection_t *p);
+/* The outbox relay (outbox.c): runs while the app runs. */
+void tr__app_outbox_start(tr_app_t *app);
+void tr__app_outbox_stop(tr_app_t *app);
 
 /* Self-registration (register.c): starts registering; deregisters at stop. */
 typedef struct tr__registration_s tr__registration_t;

@@ -9,42 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { BIN, SANITIZED, ms, watchOutput, withDeadline } from './lib/trellis.mjs';
 import { request, until } from './lib/gateway.mjs';
-
-const SANITIZER_RE = /ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:/;
-
-/** Starts `trellis eventstore` on port 0 over dataDir; resolves {port, proc, out, stop}. */
-async function startStore(dataDir, args = []) {
-  const proc = spawn(BIN, ['eventstore', '--listen', '127.0.0.1:0', '--data-dir', dataDir,
-    '--log-format', 'json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const out = watchOutput(proc, 'trellis eventstore');
-  let line;
-  try {
-    line = await out.waitLog(/"msg":"listening"/, ms(10000));
-  } catch (e) {
-    proc.kill('SIGKILL');
-    throw e;
-  }
-  const port = Number(JSON.parse(line).addr.split(':').pop());
-  assert.ok(port > 0, `listening line has a port: ${line}`);
-  const store = {
-    port,
-    proc,
-    out,
-    async stop(signal = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      const res = await withDeadline(out.exited, ms(15000), `eventstore exit after ${signal}`);
-      if (signal === 'SIGTERM') {
-        assert.deepEqual(res, { code: 0, signal: null }, `exit status; stderr:\n${out.stderr()}`);
-        if (SANITIZED) {
-          const bad = out.stderr().split('\n').filter((l) => SANITIZER_RE.test(l));
-          assert.deepEqual(bad, [], `sanitizer reports:\n${out.stderr()}`);
-        }
-      }
-      return res;
-    },
-  };
-  return store;
-}
+import { startStore } from './lib/eventstore.mjs';
 
 const JSON_HDR = { 'content-type': 'application/json' };
 

@@ -11,13 +11,7 @@ import path from 'node:path';
 import { BIN, ms, watchOutput, withDeadline } from './lib/trellis.mjs';
 import { request, until } from './lib/gateway.mjs';
 import { startShopService, assertShopProblem } from './lib/shop.mjs';
-
-async function startStore(dataDir, port = 0) {
-  const proc = spawn(BIN, ['eventstore', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const out = watchOutput(proc, 'trellis eventstore');
-  const line = await out.waitLog(/"msg":"listening"/, ms(10000));
-  return { proc, out, port: Number(JSON.parse(line).addr.split(':').pop()) };
-}
+import { startStore } from './lib/eventstore.mjs';
 
 const append = (store, stream, events) => request(store.port, `/api/streams/${stream}`, {
   method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(events) });
@@ -76,7 +70,7 @@ describe('shop notification', () => {
     await withDeadline(store.out.exited, ms(5000), 'store killed');
     await new Promise((r) => setTimeout(r, 500));
     assert.equal((await svc.req('/health/ready')).status, 200, 'the service keeps serving');
-    store = await startStore(path.join(dir, 'store'), store.port);
+    store = await startStore(path.join(dir, 'store'), [], store.port);
     assert.equal((await append(store, 'order-4', [{ type: 'OrderPlaced', data: { order_id: 4, total_cents: 100 } }])).status, 201);
     const m = await waitFor(6);
     assert.equal(m.items.at(-1).order_id, '4');

@@ -4,6 +4,7 @@
  * and is the first and last step of the create-order saga (idempotent by Idempotency-Key).
  */
 #include <trellis/app.h>
+#include <trellis/projection.h>
 #include <trellis/log.h>
 
 #include <stdarg.h>
@@ -82,6 +83,17 @@ typedef struct order_req_s {
     ssize_t short_at;   /* first item inventory has too little of, or -1 */
     int64_t short_available;
 } order_req_t;
+
+/* Publishes an event of order `id` to its stream order-<id> through the app's outbox (in the
+ * caller's transaction). `data` is stolen. Returns 0 or an error. */
+static int publish(tr_ctx_t *ctx, int64_t id, const char *type, json_t *data)
+{
+    char stream[48];
+    snprintf(stream, sizeof(stream), "order-%lld", (long long)id);
+    int rc = tr_app_publish(tr_ctx_app(ctx), tr_ctx_db(ctx), stream, type, data);
+    json_decref(data);
+    return rc;
+}
 
 static void internal_error(tr_ctx_t *ctx)
 {
@@ -222,17 +234,30 @@ static void store_order(order_req_t *o)
     bool pending = o->deferred || o->saga;
     const char *status = pending ? "pending" : "created";
     const char *check = pending ? "deferred" : "verified";
-    int rc = tr_db_run(
-        db,
-        "INSERT INTO orders (customer_id, status, stock_check, items_json,"
-        " total_cents, correlation_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        "issjiss", o->customer_id, status, check, items, total, tr_ctx_correlation_id(ctx), o->key);
-    json_decref(items);
-    if (rc == TR_EEXISTS && o->key) { /* the same call, made at once by another replica */
-        replay_order(ctx, o->key);
-        return;
-    }
+    /* The order and its OrderPlaced event in one transaction (the transactional outbox). */
+    int rc = tr_db_begin(db);
+    if (!rc)
+        rc =
+            tr_db_run(db,
+                      "INSERT INTO orders (customer_id, status, stock_check, items_json,"
+                      " total_cents, correlation_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      "issjiss", o->customer_id, status, check, items, total,
+                      tr_ctx_correlation_id(ctx), o->key);
     int64_t id = rc < 0 ? 0 : tr_db_last_id(db);
+    if (id && publish(ctx, id, "OrderPlaced",
+                      json_pack("{sI,sI,sI,ss}", "order_id", (json_int_t)id, "customer_id",
+                                (json_int_t)o->customer_id, "total_cents", (json_int_t)total,
+                                "status", status)))
+        rc = TR_EIO;
+    json_decref(items);
+    if (rc < 0 || tr_db_commit(db)) {
+        tr_db_rollback(db);
+        if (rc == TR_EEXISTS && o->key) { /* the same call, made at once by another replica */
+            replay_order(ctx, o->key);
+            return;
+        }
+        id = 0;
+    }
     json_t *order = id ? order_json(db, id) : NULL;
     if (!order) {
         internal_error(ctx);
@@ -459,10 +484,23 @@ static void cancel_order(tr_ctx_t *ctx, void *data)
     const char *key;
     if (!order_param(ctx, &id) || !idempotency_key(ctx, &key)) return;
     tr_db_t *db = tr_ctx_db(ctx);
-    int rc = tr_db_run(db,
+    int rc = tr_db_begin(db);
+    if (!rc)
+        rc = tr_db_run(db,
                        "UPDATE orders SET status = 'cancelled', cancel_key = ?"
                        " WHERE id = ? AND status NOT IN ('cancelled', 'confirmed')",
                        "si", key, id);
+    /* A saga's compensation names its step in the key (<saga>:<step>:compensation). */
+    bool by_saga = key && strstr(key, ":compensation");
+    if (rc == 1 && publish(ctx, id, "OrderCancelled",
+                           json_pack("{sI,ss}", "order_id", (json_int_t)id, "reason",
+                                     by_saga ? "the checkout could not be completed"
+                                             : "cancelled at the customer's request")))
+        rc = TR_EIO;
+    if (rc < 0 || tr_db_commit(db)) {
+        tr_db_rollback(db);
+        rc = rc < 0 ? rc : TR_EIO;
+    }
     json_t *order = rc < 0 ? NULL : order_json(db, id);
     if (rc < 0)
         internal_error(ctx);
@@ -495,17 +533,37 @@ static void confirm_order(tr_ctx_t *ctx, void *data)
     const json_t *payment;
     if (!order_param(ctx, &id) || !parse_payment(ctx, &payment)) return;
     tr_db_t *db = tr_ctx_db(ctx);
+    /* Only the first confirm changes the order and publishes OrderConfirmed; a repeat answers
+     * the same. */
     const char *sql = "UPDATE orders SET status = 'confirmed', payment = COALESCE(payment, ?)"
-                      " WHERE id = ? AND status <> 'cancelled'";
-    int rc = json_is_integer(payment)
+                      " WHERE id = ? AND status NOT IN ('cancelled', 'confirmed')";
+    int rc = tr_db_begin(db);
+    if (!rc)
+        rc = json_is_integer(payment)
                  ? tr_db_run(db, sql, "ii", (int64_t)json_integer_value(payment), id)
                  : tr_db_run(db, sql, "si", json_string_value(payment), id);
+    if (rc == 1 && publish(ctx, id, "OrderConfirmed",
+                           json_pack("{sI,sO?}", "order_id", (json_int_t)id, "payment", payment)))
+        rc = TR_EIO;
+    static const char later[] = "UPDATE orders SET payment = COALESCE(payment, ?)"
+                                " WHERE id = ? AND status = 'confirmed'";
+    if (rc == 0 && payment && !json_is_null(payment)) { /* confirmed already: a late payment */
+        int r2 = json_is_integer(payment)
+                     ? tr_db_run(db, later, "ii", (int64_t)json_integer_value(payment), id)
+                     : tr_db_run(db, later, "si", json_string_value(payment), id);
+        if (r2 < 0) rc = r2;
+    }
+    if (rc < 0 || tr_db_commit(db)) {
+        tr_db_rollback(db);
+        rc = rc < 0 ? rc : TR_EIO;
+    }
     json_t *order = rc < 0 ? NULL : order_json(db, id);
+    const char *now = json_string_value(json_object_get(order, "status"));
     if (rc < 0)
         internal_error(ctx);
     else if (!order)
         not_found(ctx, id);
-    else if (rc == 0) {
+    else if (rc == 0 && (!now || strcmp(now, "confirmed"))) {
         json_decref(order);
         tr_ctx_problem(ctx, 409, "order-cancelled", "Order cancelled",
                        "order %lld is cancelled and cannot be confirmed", (long long)id);
