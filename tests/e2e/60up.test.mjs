@@ -6,7 +6,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { BIN, ms, sleep } from './lib/trellis.mjs';
+import { BIN, SANITIZED, ms, sleep } from './lib/trellis.mjs';
 import { rssBytes } from './lib/trellis.mjs';
 import {
   startUp, echoService, childPids, alive, waitGone, runUp, writeTopology, freePort, request, until,
@@ -110,7 +110,10 @@ describe('trellis up: six replicas of two services behind the gateway', () => {
     await sleep(300);
     const rss = rssBytes(up.pid);
     console.log(`# trellis up: control plane VmRSS ${(rss / 1048576).toFixed(1)} MB idle with 6 replicas; goal < 15 MB`);
-    assert.ok(rss < 40 * 1048576, `VmRSS ${rss} bytes (goal < 15 MB, limit 40 MB)`);
+    // The goal holds for the product build; ASan's shadow memory and quarantine (more with
+    // every thread: registry checks, log, event store and checkpoint writers) only get a bound.
+    const limit = (SANITIZED ? 80 : 15) * 1048576;
+    assert.ok(rss < limit, `VmRSS ${rss} bytes (goal < 15 MB${SANITIZED ? '; ASan build: < 80 MB' : ''})`);
   });
 
   test('kill -9 of a replica: deregistered while down, restarted after backoff with a new pid', async () => {
