@@ -3,7 +3,7 @@
 // the participants' ledgers must agree: a confirmed order has its stock reserved and exactly
 // one charge; a cancelled order has no reservation left and no charge; no charge without a
 // confirmed order. Participants keep their effects idempotent by Idempotency-Key, as
-// docs/sagas.md requires, and answer slowly (and now and then with a 503) so that sagas are
+// docs/sagas.md requires, and answer slowly (30–120 ms, now and then with a 503) so that sagas are
 // in flight at every kill.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startUp, echoService } from './lib/up.mjs';
 import { ms, sleep, withDeadline, SANITIZED } from './lib/trellis.mjs';
-import { request } from './lib/gateway.mjs';
+import { request, until } from './lib/gateway.mjs';
 
 const SAGAS = SANITIZED ? 200 : 500;
 const KILLS = 5;
@@ -24,9 +24,11 @@ function shopLedgers() {
   const reservations = new Map(); // saga id → 'held' | 'released'
   const charges = new Map(); // saga id → count of distinct charges made
   const effects = new Map(); // idempotency key → the first answer (replayed for repeats)
-  const stats = { repeats: 0 };
+  const stats = { repeats: 0, inflight: 0, kills: 0, midstep: 0 };
   const server = http.createServer((req, res) => {
     let body = '';
+    stats.inflight++;
+    res.on('close', () => { stats.inflight--; });
     req.on('data', (d) => { body += d; });
     req.on('end', () => setTimeout(() => {
       const key = req.headers['idempotency-key'] || '';
@@ -54,7 +56,7 @@ function shopLedgers() {
       } else answer = [404, {}];
       effects.set(key, answer);
       send(...answer);
-    }, 5 + Math.random() * 25));
+    }, 30 + Math.random() * 90));
   });
   return { orders, reservations, charges, stats, listen: () => new Promise((r) => server.listen(0, '127.0.0.1', () => r(server.address().port))),
     close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
@@ -104,7 +106,11 @@ test(`chaos: ${SAGAS} sagas, trellis up SIGKILLed ${KILLS} times: every saga end
       await Promise.all(Array.from({ length: 40 }, async () => { while (next < SAGAS) await startOne(next++); }));
     })();
     for (let k = 0; k < KILLS; k++) {
-      await sleep(300 + Math.random() * 900);
+      await sleep(50 + Math.random() * 250);
+      // Preferably while steps are in flight (held by the participant), so some are sent again.
+      const busy = await until(async () => shop.stats.inflight > 0, { timeout: ms(1000), every: 2, what: 'a step in flight' }).catch(() => false);
+      if (busy) shop.stats.midstep++;
+      shop.stats.kills++;
       killing = true;
       up.kill();
       await withDeadline(up.exited, ms(5000), 'trellis up killed');
@@ -137,8 +143,9 @@ test(`chaos: ${SAGAS} sagas, trellis up SIGKILLed ${KILLS} times: every saga end
       }
     }
     assert.equal(byState.compensated, SAGAS / 10, 'exactly the declined cards were compensated');
-    assert.ok(shop.stats.repeats > 0, 'the kills caught steps in flight, which were sent again');
-    console.log(`# chaos: ${SAGAS} sagas, ${JSON.stringify(byState)}, ${shop.stats.repeats} step calls repeated after kills`);
+    assert.equal(shop.stats.kills, KILLS);
+    assert.ok(shop.stats.midstep > 0 && shop.stats.repeats > 0, `kills (${shop.stats.midstep} of ${KILLS}) caught steps in flight, which were sent again`);
+    console.log(`# chaos: ${SAGAS} sagas, ${shop.stats.kills} kills (${shop.stats.midstep} mid-step), ${JSON.stringify(byState)}, ${shop.stats.repeats} step calls repeated after kills`);
     await up.stop();
   } finally {
     if (up) up.kill();
