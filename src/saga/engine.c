@@ -275,6 +275,18 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
         retry_later(s, c->attempts);
         return;
     }
+    if (st->pivot && retryable) {
+        /* The pivot may have taken effect (a charge made, its answer lost): compensating the
+         * steps before it could leave money taken for an order undone. Its outcome must be
+         * known first: it is retried with the same key until a definite answer, or stuck. */
+        if (c->attempts < s->def->max_forward_attempts) {
+            retry_later(s, c->attempts);
+            return;
+        }
+        set_error(s, "the pivot step %s has no definite answer: %s", st->name, why);
+        go_stuck(s);
+        return;
+    }
     c->state = 'f';
     c->finished_ms = wall_ms();
     set_error(s, "step %s failed: %s", st->name, why);

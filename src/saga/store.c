@@ -233,7 +233,9 @@ static void load_calls(tr_saga_engine_t *e, saga_t *s)
         bool comp = !strcmp(col_text(st, 1), "compensation");
         saga_call_t *c = comp ? &s->comp[step] : &s->action[step];
         c->state = col_text(st, 2)[0];
-        c->uncertain = sqlite3_column_int(st, 3);
+        /* A call that was in flight when the process died may have taken effect, whatever
+         * the attempts after the restart answer. */
+        c->uncertain = sqlite3_column_int(st, 3) || c->state == 'r';
         c->attempts = (uint32_t)sqlite3_column_int64(st, 4);
         c->status = sqlite3_column_int(st, 5);
         c->error = col_text(st, 6) ? tr_strdup(col_text(st, 6)) : NULL;

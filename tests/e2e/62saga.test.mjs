@@ -78,6 +78,10 @@ const SAGAS = {
     step('a', { path: '/a' }, { path: '/flaky/${input.key}/${input.undo_failures}' }, { retry: { attempts: 1, backoff: '10ms' } }),
     step('b', { path: '/fail/422' }),
   ] },
+  pivotunsure: { steps: [
+    step('a', { path: '/a' }, { path: '/undo/a' }),
+    step('pay', { path: '/flaky/${input.key}/4' }, null, { pivot: true, retry: { attempts: 2, backoff: '10ms' } }),
+  ] },
   learn: { steps: [
     step('a', { path: '/slowonce/1500' }, { path: '/undo/a/${steps.a.id}' }, { timeout: '300ms', retry: { attempts: 1, backoff: '10ms' } }),
   ] },
@@ -178,6 +182,13 @@ describe('sagas in trellis up', () => {
     assert.equal(calls.length, 2, 'sent again with the same key to learn its answer');
     const [undo] = part.byKey(`${s.id}:a:compensation`);
     assert.equal(undo.path, `/undo/a/${s.steps[0].action.response.id}`, 'compensated with the id the step made');
+  });
+
+  test('a pivot without a definite answer is retried past its attempts, never compensated blindly', async () => {
+    const s = (await start('pivotunsure', { key: `u-${Date.now()}` })).json;
+    assert.equal(s.state, 'completed', JSON.stringify(s));
+    assert.equal(s.steps[1].action.attempts, 5, 'retried with its key until the answer was definite');
+    assert.equal(s.steps[0].compensation, null, 'nothing was undone');
   });
 
   test('a flaky step succeeds within its retries', async () => {

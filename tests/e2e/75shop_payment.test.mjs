@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startShopService, assertShopProblem } from './lib/shop.mjs';
-import { request, ms } from './lib/gateway.mjs';
+import { request, ms, until } from './lib/gateway.mjs';
 
 const CARD = '4242424242424242';
 const DECLINED = '4000000000000002';
@@ -112,11 +112,12 @@ describe('shop payment: charges and refunds', () => {
     assert.equal(ok.status, 201, ok.text);
   });
 
-  test('a card ending in 0003 hangs: no answer within 2 s, nothing recorded, the service stays healthy', async () => {
+  test('a card ending in 0003 hangs: no answer within 2 s, the service stays healthy; a caller that gives up is never charged', async () => {
     const body = JSON.stringify({ order_id: 107, amount_cents: 300, card: HANGS });
+    const key = newKey();
     const hung = request(pay.port, '/charges', {
       method: 'POST', body, timeout: 2000,
-      headers: { 'content-type': 'application/json', 'idempotency-key': newKey() },
+      headers: { 'content-type': 'application/json', 'idempotency-key': key },
     });
     const outcome = hung.then((r) => `answered ${r.status}`, (e) => e);
     const ready = await pay.req('/health/ready');
@@ -125,7 +126,16 @@ describe('shop payment: charges and refunds', () => {
     const res = await outcome;
     assert.ok(res instanceof Error, `the hanging charge must not answer within 2 s, but it ${res}`);
     assert.match(res.message, /deadline|timed out|timeout/i);
-    assert.deepEqual(await chargesOf(pay, 107), [], 'nothing is recorded before it answers');
+    // The caller went away: the charge is recorded as abandoned (nothing captured), so a
+    // retry with the same key (a saga's) learns for sure that nothing was charged.
+    const recorded = await until(async () => {
+      const list = await chargesOf(pay, 107);
+      return list.length ? list : undefined;
+    }, { timeout: 5000, what: 'the abandoned charge recorded' });
+    assert.deepEqual(recorded.map((c) => c.status), ['abandoned']);
+    const again = await request(pay.port, '/charges', { method: 'POST', body, timeout: 5000,
+      headers: { 'content-type': 'application/json', 'idempotency-key': key } });
+    assertShopProblem(again, 402, 'charge-abandoned');
     assert.equal((await pay.req('/health/ready')).status, 200);
   });
 

@@ -39,6 +39,21 @@ static const char *const migrations[] = {
     "CREATE INDEX charge_by_order ON charge (order_id);"
     "CREATE UNIQUE INDEX charge_captured_per_order ON charge (order_id)"
     "  WHERE status = 'captured';",
+    /* 2: a charge whose caller gave up before the card answered is recorded as abandoned,
+     * so a retry with the same key learns for sure that nothing was charged. */
+    "CREATE TABLE charge2 (id INTEGER PRIMARY KEY,"
+    "  idempotency_key TEXT NOT NULL UNIQUE, request_hash TEXT NOT NULL,"
+    "  order_id NOT NULL, amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),"
+    "  currency TEXT NOT NULL, card_last4 TEXT NOT NULL,"
+    "  status TEXT NOT NULL CHECK (status IN ('captured', 'declined', 'refunded', 'abandoned')),"
+    "  created_at TEXT NOT NULL, refund_key TEXT UNIQUE, refunded_at TEXT,"
+    "  response_status INTEGER NOT NULL DEFAULT 0, response_json TEXT);"
+    "INSERT INTO charge2 SELECT * FROM charge;"
+    "DROP TABLE charge;"
+    "ALTER TABLE charge2 RENAME TO charge;"
+    "CREATE INDEX charge_by_order ON charge (order_id);"
+    "CREATE UNIQUE INDEX charge_captured_per_order ON charge (order_id)"
+    "  WHERE status = 'captured';",
     NULL};
 
 #define CHARGE_COLUMNS                                                                             \
@@ -241,31 +256,40 @@ static int64_t insert_charge(tr_db_t *db, const charge_req_t *r, const char *sta
     return rc < 0 ? rc : tr_db_last_id(db);
 }
 
-/* The answer a new charge gets (new reference) and its status code. */
-static json_t *charge_answer(tr_db_t *db, int64_t id, bool declined, const char *last4, int *status)
+/* The answer a new charge with `outcome` gets (new reference) and its status code. */
+static json_t *charge_answer(tr_db_t *db, int64_t id, const char *outcome, const char *last4,
+                             int *status)
 {
-    if (!declined) {
+    if (!strcmp(outcome, "captured")) {
         *status = 201;
         return charge_json(db, id);
     }
-    char detail[128];
-    snprintf(detail, sizeof(detail), "the card ending in %s was declined (charge %lld)", last4,
-             (long long)id);
+    char detail[192];
+    bool abandoned = !strcmp(outcome, "abandoned");
+    if (abandoned)
+        snprintf(detail, sizeof(detail),
+                 "an earlier attempt with this Idempotency-Key gave up before the card ending in "
+                 "%s answered; nothing was charged (charge %lld)",
+                 last4, (long long)id);
+    else
+        snprintf(detail, sizeof(detail), "the card ending in %s was declined (charge %lld)", last4,
+                 (long long)id);
     *status = 402;
-    json_t *p = problem_json(402, "card-declined", "Card declined", detail);
+    json_t *p = abandoned ? problem_json(402, "charge-abandoned", "Charge abandoned", detail)
+                          : problem_json(402, "card-declined", "Card declined", detail);
     json_object_set_new(p, "charge_id", json_integer(id));
     return p;
 }
 
-/* Inside the transaction: records a new charge and its answer, commits and replies. */
-static void record_charge(tr_ctx_t *ctx, const charge_req_t *r)
+/* Inside the transaction: records a new charge (captured, declined or abandoned) and its
+ * answer, commits and replies. */
+static void record_charge(tr_ctx_t *ctx, const charge_req_t *r, const char *outcome)
 {
     tr_db_t *db = tr_ctx_db(ctx);
-    bool declined = ends_with(r->card, DECLINED_SUFFIX);
-    int64_t id = insert_charge(db, r, declined ? "declined" : "captured");
+    int64_t id = insert_charge(db, r, outcome);
     int status = 0;
     json_t *answer =
-        id > 0 ? charge_answer(db, id, declined, r->card + strlen(r->card) - 4, &status) : NULL;
+        id > 0 ? charge_answer(db, id, outcome, r->card + strlen(r->card) - 4, &status) : NULL;
     int rc = answer ? tr_db_run(db,
                                 "UPDATE charge SET response_status = ?, response_json = ?"
                                 " WHERE id = ?",
@@ -295,7 +319,7 @@ static void start_hang(tr_ctx_t *ctx, charge_req_t *r);
  * the UNIQUE constraints stand behind it. `may_hang`: a 0003 card not yet recorded hangs
  * first (and comes back here without it).
  */
-static void charge(tr_ctx_t *ctx, charge_req_t *r, bool may_hang)
+static void charge(tr_ctx_t *ctx, charge_req_t *r, bool may_hang, bool abandon)
 {
     tr_db_t *db = tr_ctx_db(ctx);
     if (tr_db_begin(db)) {
@@ -318,6 +342,10 @@ static void charge(tr_ctx_t *ctx, charge_req_t *r, bool may_hang)
         json_decref(prior);
         return;
     }
+    if (abandon) { /* the caller gave up: record that nothing was charged */
+        record_charge(ctx, r, "abandoned");
+        return;
+    }
     if (may_hang && ends_with(r->card, HANGS_SUFFIX)) {
         tr_db_rollback(db);
         start_hang(ctx, r);
@@ -334,7 +362,7 @@ static void charge(tr_ctx_t *ctx, charge_req_t *r, bool may_hang)
         reply_problem_json(ctx, 409, p);
         return;
     }
-    record_charge(ctx, r);
+    record_charge(ctx, r, ends_with(r->card, DECLINED_SUFFIX) ? "declined" : "captured");
 }
 
 static void post_charge(tr_ctx_t *ctx, void *data)
@@ -343,7 +371,7 @@ static void post_charge(tr_ctx_t *ctx, void *data)
     charge_req_t *r = tr_ctx_alloc(ctx, sizeof(*r));
     memset(r, 0, sizeof(*r));
     r->key = idempotency_key(ctx);
-    if (r->key && parse_charge(ctx, r)) charge(ctx, r, true);
+    if (r->key && parse_charge(ctx, r)) charge(ctx, r, true, false);
 }
 
 /* ---- the demo hang (cards ending in 0003) ---- */
@@ -377,17 +405,16 @@ static void on_hang_tick(uv_timer_t *t)
     if (!stopping && !gone && uv_now(t->loop) - h->started_ms < HANG_MS) return;
     uv_timer_stop(t);
     uv_close((uv_handle_t *)t, on_hang_closed);
-    if (gone) {
+    if (gone) { /* recorded, so that a retry with the key learns that nothing was charged */
         tr_log_warn("payment: the caller gave up on a slow charge; it is not made",
                     TR_LOG_STR("idempotency_key", h->req->key));
-        tr_ctx_problem(h->ctx, 504, "abandoned", "Charge abandoned",
-                       "the caller went away before the charge was made; nothing was charged");
+        charge(h->ctx, h->req, false, true);
     } else if (stopping)
         tr_ctx_problem(h->ctx, 503, "stopping", "Service stopping",
                        "the payment service stopped before the charge was made; retry with the "
                        "same Idempotency-Key");
     else
-        charge(h->ctx, h->req, false);
+        charge(h->ctx, h->req, false, false);
 }
 
 /* The ctx (and r, allocated from it) stay valid until the reply, so the timer may hold them. */
@@ -475,7 +502,7 @@ static void refund_locked(tr_ctx_t *ctx, int64_t id, const char *status, const c
                        (long long)other);
         return;
     }
-    if (!strcmp(status, "declined")) {
+    if (!strcmp(status, "declined") || !strcmp(status, "abandoned")) {
         tr_db_rollback(db);
         tr_ctx_problem(ctx, 409, "charge-declined", "Charge declined",
                        "charge %lld was declined: there is nothing to refund", (long long)id);
