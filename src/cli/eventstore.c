@@ -1,6 +1,7 @@
-/* `trellis eventstore`: the event store alone, serving /api/streams over HTTP. */
+/* `trellis eventstore`: the event store alone, serving /api/streams and /api/subscriptions. */
 #include "cli/cli.h"
 
+#include "core/fs.h"
 #include "eventstore/eventstore.h"
 #include "trellis/error.h"
 #include "trellis/http.h"
@@ -34,7 +35,8 @@ static void on_request(tr_http_req_t *req, void *data)
     es_cmd_t *ec = data;
     if (tr_eventstore_handle(ec->store, req)) return;
     tr_http_res_problem(req, 404, "not-found", "Not found",
-                        "the event store serves /api/streams/{stream}; see docs/eventstore.md");
+                        "the event store serves /api/streams/{stream} and /api/subscriptions; see "
+                        "docs/eventstore.md");
 }
 
 static int on_worker_start(tr_worker_t *w, void *data)
@@ -88,7 +90,8 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: trellis eventstore [options]\n\n"
             "The event store: append-only streams of events with optimistic concurrency,\n"
-            "reads, $all, long-poll and SSE subscriptions, over HTTP+JSON under /api/streams.\n"
+            "reads, $all, long-poll and SSE subscriptions, over HTTP+JSON under /api/streams;\n"
+            "push subscriptions (the outbox) under /api/subscriptions.\n"
             "Events live in DIR/events.db (SQLite, WAL); see docs/eventstore.md.\n\n"
             "Options:\n"
             "  -l, --listen ADDR        HTTP address (default " ES_DEFAULT_LISTEN ")\n"
@@ -163,20 +166,6 @@ static int parse_args(int argc, char **argv, es_cmd_t *ec, args_t *a)
     return 0;
 }
 
-/* mkdir -p: the data directory and its parents. */
-static bool make_dirs(const char *dir)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s", dir) >= (int)sizeof(tmp)) return false;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) && errno != EEXIST) return false;
-        *p = '/';
-    }
-    return mkdir(tmp, 0755) == 0 || errno == EEXIST;
-}
-
 static int listen_on(es_cmd_t *ec)
 {
     struct sockaddr_storage addr, bound;
@@ -204,7 +193,7 @@ int tr_cmd_eventstore(int argc, char **argv)
     if (r) return r < 0 ? TR_EXIT_OK : r;
     if (!tr_cli_log_init("eventstore", a.log_level, a.log_format, "eventstore"))
         return TR_EXIT_USAGE;
-    if (!make_dirs(ec.data_dir)) {
+    if (tr_mkdirs(ec.data_dir)) {
         fprintf(stderr, "trellis eventstore: cannot create the data directory '%s': %s\n",
                 ec.data_dir, strerror(errno));
         return TR_EXIT_FAIL;

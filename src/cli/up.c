@@ -5,6 +5,7 @@
 #include "core/buf.h"
 #include "core/mem.h"
 #include "gateway/gateway.h"
+#include "core/fs.h"
 #include "eventstore/eventstore.h"
 #include "saga/saga.h"
 #include "registry/registry.h"
@@ -805,22 +806,6 @@ static void free_services(up_t *up)
     free(up->svcs);
 }
 
-/* mkdir -p: the data directory holds every store of the control plane. */
-static int make_dirs(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -errno;
-            *p = c;
-            if (!c) return 0;
-        }
-    }
-}
-
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -928,7 +913,7 @@ int tr_cmd_up(int argc, char **argv)
         (up.cp->zipkin &&
          bind_addr(up.cp->zipkin, &up.zipkin_fd, up.zipkin_addr, sizeof(up.zipkin_addr))))
         goto out;
-    if ((e = make_dirs(up.cp->data_dir))) {
+    if ((e = tr_mkdirs(up.cp->data_dir))) {
         fprintf(stderr, "trellis up: control_plane.data_dir: cannot create %s: %s\n",
                 up.cp->data_dir, tr_strerror(e));
         goto out;

@@ -2,6 +2,7 @@
 #include "registry/registry.h"
 
 #include "core/buf.h"
+#include "core/fs.h"
 #include "core/mem.h"
 #include "registry/catalog.h"
 #include "registry/event.h"
@@ -38,20 +39,6 @@ struct tr_registry_s {
 };
 
 /* ---- set-up */
-
-static int make_dirs(const char *path)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp)) return UV_ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) && errno != EEXIST) return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) && errno != EEXIST) return -errno;
-    return 0;
-}
 
 static void format_uuid(const unsigned char b[16], char out[37])
 {
@@ -96,7 +83,7 @@ int tr_registry_open(uv_loop_t *loop, const tr_registry_options_t *o, tr_registr
                      char *err, size_t errlen)
 {
     const char *dir = o->data_dir ? o->data_dir : ".trellis";
-    int rc = make_dirs(dir);
+    int rc = tr_mkdirs(dir);
     if (rc) {
         snprintf(err, errlen, "%s: cannot create the data directory: %s", dir, tr_strerror(rc));
         return rc;

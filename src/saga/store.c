@@ -1,16 +1,15 @@
 /* The sagas' SQLite store: one row per saga and per step call, written in group commits. */
 #include "saga/engine_int.h"
 
+#include "core/fs.h"
 #include "core/mem.h"
 #include "core/sqlite.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 static const char *const migrations[] = {
     "CREATE TABLE saga ("
@@ -27,29 +26,11 @@ static const char *const migrations[] = {
     " PRIMARY KEY (saga_id, step, phase)) WITHOUT ROWID;",
 };
 
-static int make_parent_dir(const char *path)
-{
-    char *dir = tr_strdup(path);
-    char *slash = strrchr(dir, '/');
-    int rc = 0;
-    if (slash && slash != dir) {
-        *slash = '\0';
-        for (char *p = dir + 1; *p; p++) {
-            if (*p != '/') continue;
-            *p = '\0';
-            if (mkdir(dir, 0755) && errno != EEXIST) rc = -1;
-            *p = '/';
-        }
-        if (mkdir(dir, 0755) && errno != EEXIST) rc = -1;
-    }
-    free(dir);
-    return rc;
-}
-
 int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t errlen)
 {
-    if (make_parent_dir(e->db_path)) {
-        snprintf(err, errlen, "%s: cannot create its directory: %s", e->db_path, strerror(errno));
+    int mk = tr_mkdirs_parent(e->db_path);
+    if (mk) {
+        snprintf(err, errlen, "%s: cannot create its directory: %s", e->db_path, tr_strerror(mk));
         return TR_EIO;
     }
     if (sqlite3_open_v2(e->db_path, &e->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)) {

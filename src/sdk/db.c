@@ -1,38 +1,22 @@
 /* A service's own SQLite database: migrations, cached statements, rows as JSON. */
 #include "trellis/db.h"
 
+#include "core/fs.h"
 #include "core/map.h"
 #include "core/mem.h"
 #include "core/sqlite.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 struct tr_db_s {
     sqlite3 *db;
     char *path;
     tr_map_t stmts; /* SQL text → sqlite3_stmt */
 };
-
-/* Creates the directories above `path` (like mkdir -p of its dirname). */
-static int make_parent_dirs(const char *path)
-{
-    char *dir = tr_strdup(path);
-    int rc = 0;
-    for (char *p = dir + 1; *p && !rc; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(dir, 0755) && errno != EEXIST) rc = TR_EIO;
-        *p = '/';
-    }
-    free(dir);
-    return rc;
-}
 
 int tr_db_open(const char *path, const char *const *migrations, tr_db_t **out, char *err,
                size_t errlen)
@@ -42,8 +26,9 @@ int tr_db_open(const char *path, const char *const *migrations, tr_db_t **out, c
         snprintf(err, errlen, "database: no path given");
         return TR_EIO;
     }
-    if (make_parent_dirs(path)) {
-        snprintf(err, errlen, "%s: cannot create its directory: %s", path, strerror(errno));
+    int mk = tr_mkdirs_parent(path);
+    if (mk) {
+        snprintf(err, errlen, "%s: cannot create its directory: %s", path, tr_strerror(mk));
         return TR_EIO;
     }
     tr_db_t *db = tr_calloc(1, sizeof(*db));
