@@ -79,11 +79,11 @@ typedef json_t *(*tr_call_fallback_cb)(tr_ctx_t *ctx, const char *service, int e
 
 /* How calls to one service behave. */
 typedef struct tr_call_policy_s {
-    uint64_t timeout_ms;          /* per attempt, connect to whole response (2 s) */
-    uint32_t retries;             /* extra attempts on connect failure, timeout, 502/503/504 (2) */
-    uint64_t backoff_ms;          /* first retry delay, doubled per retry, full jitter (25 ms) */
-    bool retry_unsafe;            /* also retry POST/PATCH (only with an Idempotency-Key) (false) */
-    uint32_t max_concurrent;      /* bulkhead: calls in flight at most, more fail TR_EBUSY (64) */
+    uint64_t timeout_ms;     /* per attempt, connect to whole response (2 s) */
+    uint32_t retries;        /* extra attempts: connect failure, reset, timeout, 502/503/504 (2) */
+    uint64_t backoff_ms;     /* first retry delay, doubled per retry, full jitter (25 ms) */
+    bool retry_unsafe;       /* also retry POST/PATCH once sent (idempotent services) (false) */
+    uint32_t max_concurrent; /* bulkhead: calls in flight at most, more fail TR_EBUSY (64) */
     tr_breaker_config_t breaker;  /* tr_breaker_config_init defaults: trip after 5 failures */
     tr_call_fallback_cb fallback; /* NULL: none */
     void *fallback_data;

@@ -191,13 +191,16 @@ static void on_backoff(uv_timer_t *t)
     begin_attempt(s);
 }
 
+/* Full-jitter backoff from the step's base, capped at MAX_BACKOFF_MS (the resilience
+ * part's formula, as the gateway and the SDK's calls use it). */
 static void retry_later(saga_t *s, uint32_t attempts)
 {
-    uint64_t base = s->def->steps[s->cur].backoff_ms;
-    uint32_t shift = attempts > 1 ? attempts - 1 : 0;
-    uint64_t cap = shift > 20 ? MAX_BACKOFF_MS : base << shift;
-    if (cap > MAX_BACKOFF_MS) cap = MAX_BACKOFF_MS;
-    uv_timer_start(&s->timer, on_backoff, cap ? (uint64_t)rand() % (cap + 1) : 0, 0);
+    tr_retry_policy_t p;
+    tr_retry_policy_init(&p);
+    p.backoff_base_ms = s->def->steps[s->cur].backoff_ms;
+    p.backoff_max_ms = MAX_BACKOFF_MS;
+    uint64_t rnd = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
+    uv_timer_start(&s->timer, on_backoff, tr_retry_backoff_ms(&p, attempts ? attempts : 1, rnd), 0);
 }
 
 /* A definite answer: 2xx. */

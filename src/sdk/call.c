@@ -36,6 +36,14 @@ static int target_init(tr__target_t *t, tr_app_t *app, const char *name, const t
     tr_bulkhead_config_init(&bc);
     bc.max[TR_BULKHEAD_REQUESTS] = p->max_concurrent;
     tr_bulkhead_init(&t->bulkhead, &bc);
+    /* Retries as the gateway's retry_on: gateway-error = connect failure, reset, timeout,
+     * 502/503/504; a connect failure is retried for any method (nothing was sent). */
+    tr_retry_policy_init(&t->retry);
+    t->retry.retry_on = TR_RETRY_ON_GATEWAY_ERROR;
+    t->retry.attempts = p->retries + 1;
+    t->retry.allow_non_idempotent = p->retry_unsafe;
+    t->retry.backoff_base_ms = p->backoff_ms;
+    t->retry.backoff_max_ms = p->backoff_ms * 32;
     const char *const outcome[][3] = {{name, "ok", NULL},
                                       {name, "error", NULL},
                                       {name, "fallback", NULL},
@@ -219,11 +227,15 @@ static void client_span(call_t *c, int err, int status)
     tr__app_span(ctx->app, &sp);
 }
 
-static bool retryable(const call_t *c, int err, int status)
+/* Whether the attempt that ended so is retried: the resilience part's rules. */
+static bool retryable(const call_t *c, tr_http_client_req_t *req, int err, int status)
 {
-    if (c->attempts > c->t->policy.retries) return false;
-    if (!err && status != 502 && status != 503 && status != 504) return false;
-    return tr_retry_idempotent(c->method) || c->t->policy.retry_unsafe;
+    tr_retry_outcome_t o = {.kind = TR_RETRY_STATUS, .status = status, .retry_after_ms = -1};
+    if (err == TR_ERESPONSE_TIMEOUT)
+        o.kind = TR_RETRY_TIMEOUT;
+    else if (err)
+        o.kind = tr_http_client_request_sent(req) ? TR_RETRY_RESET : TR_RETRY_CONNECT_FAILURE;
+    return tr_retry_should(&c->t->retry, c->method, &o, c->attempts);
 }
 
 static void on_backoff(uv_timer_t *timer)
@@ -243,10 +255,10 @@ static void on_response(tr_http_client_req_t *req, int err, const tr_http_client
         snprintf(c->avoid[c->navoid++], sizeof(c->avoid[0]), "%s", c->ep->id);
     tr_discovery_done(c->ep);
     c->ep = NULL;
-    if (retryable(c, err, status)) {
-        uint64_t cap = c->t->policy.backoff_ms << (c->attempts - 1 < 10 ? c->attempts - 1 : 10);
-        uint64_t delay = cap ? (uint64_t)rand() % (cap + 1) : 0; /* full jitter */
-        uv_timer_start(&c->timer, on_backoff, delay, 0);
+    if (retryable(c, req, err, status)) {
+        uint64_t rnd = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
+        uv_timer_start(&c->timer, on_backoff, tr_retry_backoff_ms(&c->t->retry, c->attempts, rnd),
+                       0);
         return;
     }
     finish(c, err, status, err ? NULL : res->body, err ? 0 : res->body_len);

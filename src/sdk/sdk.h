@@ -9,6 +9,7 @@
 #include "trellis/http.h"
 #include "trellis/http_client.h"
 #include "trellis/metrics.h"
+#include "trellis/retry.h"
 #include "trellis/trace.h"
 
 #include <uv.h>
@@ -52,6 +53,7 @@ void tr__route_allow(tr__route_t *const *routes, size_t n, const char *path, siz
 typedef struct tr__target_s {
     char *name;
     tr_call_policy_t policy;
+    tr_retry_policy_t retry; /* the policy's retries in the resilience part's terms */
     tr_breaker_t breaker;
     tr_bulkhead_t bulkhead;
     tr_discovery_watch_t *watch; /* on first call */
