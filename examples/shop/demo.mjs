@@ -205,8 +205,12 @@ async function main() {
   check(dOrder.json?.status === 'cancelled' && dResv.json?.status === 'released' && dStock.on_hand === after.on_hand &&
     dStock.reserved === after.reserved, 'the order is cancelled, the reservation released, the stock as it was',
   `order ${dOrder.json?.id}: ${dOrder.json?.status}; reservation ${dResv.json?.id}: ${dResv.json?.status}; on hand ${dStock.on_hand}, reserved ${dStock.reserved}`);
-  // The order service publishes OrderPlaced/Confirmed/Cancelled through its transactional
-  // outbox into the event store; notification keeps its messages from them (a projection).
+  // An order is an event-sourced aggregate: its stream order-<id> in the event store is its
+  // state. The notification service keeps its messages from those streams (a projection).
+  const stream = await http('GET', `${API}/api/streams/order-${responseOf(ds, 'order').id}`);
+  const types = (stream.json?.events || []).map((e) => `${e.version}:${e.type}`);
+  check(types.join(',') === '0:OrderPlaced,1:OrderCancelled',
+    'the cancelled order is its stream in the event store', `order-${responseOf(ds, 'order').id}: ${types.join(' → ')}`);
   const told = async (id, n) => until(async () => {
     const r = await gw('GET', `/api/v1/notifications?order_id=${id}`, { token });
     return r.json?.items?.length >= n ? r.json.items : undefined;

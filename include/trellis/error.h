@@ -21,7 +21,8 @@
     X(UNSUPPORTED, -30012, "not supported")                                                        \
     X(STATE, -30013, "operation not valid in the current state")                                   \
     X(IO, -30014, "input/output error")                                                            \
-    X(CIRCUIT_OPEN, -30015, "circuit breaker open")
+    X(CIRCUIT_OPEN, -30015, "circuit breaker open")                                                \
+    X(CONFLICT, -30016, "a concurrent change came first")
 
 enum tr_errno {
 #define TR_ERR_ENUM(name, code, msg) TR_E##name = (code),

@@ -195,6 +195,12 @@ bool tr_app_stopping(const tr_app_t *app)
     return app->stopping;
 }
 
+const char *tr__app_eventstore(const tr_app_t *app)
+{
+    const char *store = getenv("TRELLIS_EVENTSTORE");
+    return store && *store ? store : app->registry;
+}
+
 /* ---- the request context ---- */
 
 static void ctx_free(tr_ctx_t *ctx)

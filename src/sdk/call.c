@@ -83,9 +83,26 @@ tr__target_t *tr__app_target(tr_app_t *app, const char *service)
     return t;
 }
 
+tr__target_t *tr__app_target_fixed(tr_app_t *app, const char *service, const char *addr)
+{
+    tr__target_t *t = tr__app_target(app, service);
+    if (!t || t->fixed) return t;
+    tr_endpoint_t *ep = tr_calloc(1, sizeof(*ep));
+    if (tr_http_endpoint_parse(&ep->http, addr)) {
+        free(ep);
+        return NULL;
+    }
+    ep->id = t->name;
+    ep->address = t->name;
+    ep->weight = ep->weight_warning = 1;
+    t->fixed = ep;
+    return t;
+}
+
 void tr__target_free(tr__target_t *t)
 {
     if (!t) return;
+    free(t->fixed);
     free(t->name);
     free(t);
 }
@@ -253,7 +270,7 @@ static void on_response(tr_http_client_req_t *req, int err, const tr_http_client
     client_span(c, err, status);
     if ((err || status >= 500) && c->navoid < MAX_AVOID)
         snprintf(c->avoid[c->navoid++], sizeof(c->avoid[0]), "%s", c->ep->id);
-    tr_discovery_done(c->ep);
+    if (!c->t->fixed) tr_discovery_done(c->ep);
     c->ep = NULL;
     if (retryable(c, req, err, status)) {
         uint64_t rnd = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
@@ -308,7 +325,7 @@ static void send_attempt(call_t *c)
     c->attempt_start_ns = tr__now_ns();
     int err = tr_http_client_fetch(ctx->app->client, &c->ep->http, &rq, on_response, &c->req);
     if (err) {
-        tr_discovery_done(c->ep);
+        if (!c->t->fixed) tr_discovery_done(c->ep);
         c->ep = NULL;
         finish(c, err, 0, NULL, 0);
         return;
@@ -325,6 +342,11 @@ static void attempt(call_t *c)
 {
     tr_app_t *app = c->ctx->app;
     tr__target_t *t = c->t;
+    if (t->fixed) {
+        c->ep = t->fixed;
+        send_attempt(c);
+        return;
+    }
     if (!app->discovery) {
         finish(c, TR_ENOTFOUND, 0, NULL, 0);
         return;

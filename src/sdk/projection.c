@@ -44,8 +44,7 @@ int64_t tr_projection_checkpoint(tr_app_t *app, const char *name)
 int tr_app_projection(tr_app_t *app, const tr_projection_options_t *o)
 {
     if (!app->db || !o || !o->name || !*o->name || !o->apply) return UV_EINVAL;
-    const char *store = o->store ? o->store : getenv("TRELLIS_EVENTSTORE");
-    if (!store || !*store) store = app->registry;
+    const char *store = o->store ? o->store : tr__app_eventstore(app);
     tr__projection_t *p = tr_calloc(1, sizeof(*p));
     if (tr_http_endpoint_parse(&p->ep, store)) {
         free(p);
@@ -91,6 +90,15 @@ static int apply_one(tr__projection_t *p, const json_t *ev, int64_t position)
 {
     tr_db_t *db = p->app->db;
     if (tr_db_begin(db)) return TR_EIO;
+    /* Replicas of the app share its database: another may have applied this event already
+     * (its checkpoint is read inside this transaction, so exactly one applies it). */
+    int64_t stored = tr_db_int(
+        db, -1, "SELECT position FROM tr_projection_checkpoint WHERE name = ?", "s", p->name);
+    if (stored >= position) {
+        tr_db_rollback(db);
+        p->checkpoint = stored;
+        return 0;
+    }
     int rc = wanted(p, ev) ? p->apply(db, ev, p->data) : 0;
     if (!rc && tr_db_run(db,
                          "INSERT INTO tr_projection_checkpoint (name, position) VALUES (?, ?)"

@@ -145,8 +145,7 @@ static void relay(tr__app_outbox_t *o)
 void tr__app_outbox_start(tr_app_t *app)
 {
     if (!app->db) return;
-    const char *store = getenv("TRELLIS_EVENTSTORE");
-    if (!store || !*store) store = app->registry;
+    const char *store = tr__app_eventstore(app);
     tr__app_outbox_t *o = tr_calloc(1, sizeof(*o));
     if (tr_http_endpoint_parse(&o->ep, store) || tr_db_run(app->db, table_sql, "") < 0) {
         free(o);

@@ -57,6 +57,7 @@ typedef struct tr__target_s {
     tr_breaker_t breaker;
     tr_bulkhead_t bulkhead;
     tr_discovery_watch_t *watch; /* on first call */
+    tr_endpoint_t *fixed;        /* a fixed address instead of discovery (the event store) */
     tr_series_t *ok, *error, *fallback, *rejected;
     tr_series_t *state; /* trellis_app_breaker_state{target} */
     tr_breaker_state_t last_state;
@@ -129,6 +130,11 @@ void tr__ctx_maybe_free(tr_ctx_t *ctx);
 /* The target for `service`, created with the default policy on first use. */
 tr__target_t *tr__app_target(tr_app_t *app, const char *service);
 void tr__target_free(tr__target_t *t);
+/* The target `service` at the fixed address "ip:port" (no discovery); NULL when the address
+ * is not ip:port. Created with the default policy unless the app declared one. */
+tr__target_t *tr__app_target_fixed(tr_app_t *app, const char *service, const char *addr);
+/* The event store's "ip:port": $TRELLIS_EVENTSTORE, else the registry's address. */
+const char *tr__app_eventstore(const tr_app_t *app);
 /* Emits a span to the app's exporter (no-op without one). */
 void tr__app_span(tr_app_t *app, const tr_span_t *span);
 uint64_t tr__now_ns(void);

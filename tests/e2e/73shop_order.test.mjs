@@ -4,7 +4,9 @@
 // other), inventory down (fallback: pending / deferred, then verified again once it is back
 // and the breaker closes), catalog down (503); and the create-order saga's calls: orders
 // idempotent by Idempotency-Key, "status":"pending" without a stock check, confirm, and a
-// cancel that a compensation may send again.
+// cancel that a compensation may send again. Each order is an event-sourced aggregate: its
+// state is its stream order-<id> in the event store, the listing a read model kept by a
+// projection (rebuilt from the streams by a replica with an empty database).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -13,13 +15,16 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { startShopService, shopBin, assertShopProblem as assertProblemJson } from './lib/shop.mjs';
 import { startRegistry, call } from './lib/registry.mjs';
-import { until, ms } from './lib/gateway.mjs';
+import { startStore } from './lib/eventstore.mjs';
+import { until, ms, request } from './lib/gateway.mjs';
 
 const BREAKER_OPEN_MS = 1500;
 
 describe('shop order: orders across catalog and inventory', () => {
   let reg;
   let registry;
+  let store;
+  let storeDir;
   let catalog;
   let order;
   let invDir;
@@ -43,8 +48,10 @@ describe('shop order: orders across catalog and inventory', () => {
     reg = await startRegistry();
     registry = `127.0.0.1:${reg.port}`;
     invDir = mkdtempSync(path.join(os.tmpdir(), 'shop-order-inv-'));
+    storeDir = mkdtempSync(path.join(os.tmpdir(), 'shop-order-es-'));
+    store = await startStore(storeDir);
     catalog = await startShopService('catalog', { registry });
-    order = await startShopService('order', { registry, env: { SHOP_BREAKER_OPEN_MS: String(BREAKER_OPEN_MS) } });
+    order = await startShopService('order', { registry, env: { SHOP_BREAKER_OPEN_MS: String(BREAKER_OPEN_MS), TRELLIS_EVENTSTORE: `127.0.0.1:${store.port}` } });
     await startInventory();
     await passing('catalog');
     await passing('inventory');
@@ -56,7 +63,9 @@ describe('shop order: orders across catalog and inventory', () => {
       if (s.proc.exitCode === null && s.proc.signalCode === null) await s.stop();
     }
     if (reg) await reg.cleanup();
+    if (store) await store.stop();
     if (invDir) rmSync(invDir, { recursive: true, force: true });
+    if (storeDir) rmSync(storeDir, { recursive: true, force: true });
   });
 
   test('--help prints usage and exits 0', () => {
@@ -245,6 +254,78 @@ describe('shop order: orders across catalog and inventory', () => {
     const p = (await place({ customer_id: 1400, items: [{ product_id: 5, quantity: 1 }], status: 'pending' })).json;
     const both = await Promise.all([1, 2].map(() => order.req(`/orders/${p.id}/cancel`, { method: 'POST', headers: { 'idempotency-key': key + p.id } })));
     assert.deepEqual(both.map((r) => r.status), [200, 200]);
+  });
+
+  const es = (p, opts = {}) => request(store.port, p, opts);
+
+  test('an order is its stream: every change is an event, the state their fold', async () => {
+    const o = (await place({ customer_id: 1500, items: [{ product_id: 3, quantity: 2 }], status: 'pending' })).json;
+    assert.equal((await order.req(`/orders/${o.id}/confirm`, { method: 'POST', json: { payment: 'ch_9' } })).status, 200);
+    const s = await es(`/api/streams/order-${o.id}`);
+    assert.equal(s.status, 200, s.text);
+    const events = JSON.parse(s.text).events;
+    assert.deepEqual(events.map((e) => [e.version, e.type]), [[0, 'OrderPlaced'], [1, 'OrderConfirmed']]);
+    assert.equal(events[0].data.order_id, o.id);
+    assert.equal(events[0].data.total_cents, o.total_cents);
+    assert.deepEqual(events[0].data.items, o.items);
+    assert.equal(events[1].data.payment, 'ch_9');
+    // An event appended to the stream by anyone is the order's state at once, and the
+    // listing (the read model) follows it through the projection.
+    const c = await es(`/api/streams/order-${o.id}?expected=1`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'OrderCancelled', data: { order_id: o.id, reason: 'by hand' } }) });
+    assert.equal(c.status, 201, c.text);
+    assert.equal((await order.req(`/orders/${o.id}`)).json.status, 'cancelled');
+    await until(async () => {
+      const r = await order.req('/orders?customer_id=1500&status=cancelled');
+      return r.json.items.length === 1 && r.json.items[0].id === o.id;
+    }, { timeout: ms(10000), every: 50, what: 'the read model to follow the stream' });
+  });
+
+  test('concurrent commands on one order: the expected version lets exactly one win', async () => {
+    for (let i = 0; i < 5; i++) {
+      const o = (await place({ customer_id: 1600, items: [{ product_id: 3, quantity: 1 }], status: 'pending' })).json;
+      const [confirm, cancel] = await Promise.all([
+        order.req(`/orders/${o.id}/confirm`, { method: 'POST' }),
+        order.req(`/orders/${o.id}/cancel`, { method: 'POST' }),
+      ]);
+      const won = [confirm.status, cancel.status].filter((s) => s === 200).length;
+      assert.equal(won, 1, `one of confirm (${confirm.status}) and cancel (${cancel.status}) wins`);
+      const s = JSON.parse((await es(`/api/streams/order-${o.id}`)).text);
+      assert.equal(s.events.length, 2, 'OrderPlaced and exactly one outcome');
+      assert.equal((await order.req(`/orders/${o.id}`)).json.status, confirm.status === 200 ? 'confirmed' : 'cancelled');
+    }
+  });
+
+  test('a replica with an empty database rebuilds the listing from the streams', async () => {
+    const mine = [];
+    for (let i = 0; i < 3; i++) mine.push((await place({ customer_id: 1700, items: [{ product_id: 4, quantity: 1 }] })).json);
+    await order.req(`/orders/${mine[1].id}/cancel`, { method: 'POST' });
+    const fresh = await startShopService('order', { registry, env: { TRELLIS_SERVICE: 'order-rebuild', TRELLIS_EVENTSTORE: `127.0.0.1:${store.port}` } });
+    try {
+      const want = (await order.req('/orders?customer_id=1700')).json.items;
+      assert.equal(want.length, 3);
+      await until(async () => {
+        const r = await fresh.req('/orders?customer_id=1700');
+        return JSON.stringify(r.json.items) === JSON.stringify(want);
+      }, { timeout: ms(10000), every: 100, what: 'the new replica\'s read model to match' });
+      assert.deepEqual((await fresh.req(`/orders/${mine[0].id}`)).json, mine[0]);
+    } finally {
+      await fresh.stop();
+    }
+  });
+
+  test('event store down: commands and reads by id are 503, the listing still answers', async () => {
+    const o = (await place({ customer_id: 1800, items: [{ product_id: 3, quantity: 1 }], status: 'pending' })).json;
+    store.proc.kill('SIGSTOP');
+    try {
+      assertProblemJson(await order.req(`/orders/${o.id}`), 503, 'store-unavailable');
+      assertProblemJson(await order.req(`/orders/${o.id}/confirm`, { method: 'POST' }), 503, 'store-unavailable');
+      const r = await order.req('/orders?customer_id=1800');
+      assert.deepEqual(r.json.items.map((x) => x.id), [o.id]);
+    } finally {
+      store.proc.kill('SIGCONT');
+    }
+    assert.equal((await order.req(`/orders/${o.id}/confirm`, { method: 'POST' })).json.status, 'confirmed');
   });
 
   test('with two inventory replicas, a SIGKILLed one does not fail orders', async () => {

@@ -2,7 +2,14 @@
  * The shop's order service: takes orders after asking catalog for names and prices and
  * inventory for stock (with a fallback: when inventory cannot answer, the order is pending),
  * and is the first and last step of the create-order saga (idempotent by Idempotency-Key).
+ *
+ * An order is an event-sourced aggregate: its state is the fold of its stream order-<id> in
+ * the event store (OrderPlaced, OrderConfirmed, OrderPaymentRecorded, OrderCancelled), and
+ * every change is an append with the stream's version as the expected version. The service's
+ * own database holds only the ids it gave out (by Idempotency-Key) and the read model that
+ * lists orders (order_view), kept by a projection of the order streams.
  */
+#include <trellis/aggregate.h>
 #include <trellis/app.h>
 #include <trellis/projection.h>
 #include <trellis/log.h>
@@ -12,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "shop.h"
 
@@ -51,11 +59,18 @@ static const char *const migrations[] = {
     "ALTER TABLE orders_v2 RENAME TO orders;"
     "CREATE INDEX orders_by_customer ON orders (customer_id, id);"
     "CREATE INDEX orders_by_status ON orders (status, id);",
+    /* 3: event sourcing. The state moves to the order streams; ids keep growing past the old
+     * table's (AUTOINCREMENT remembers the largest id ever given). Orders stored by the table
+     * before it are not carried over. */
+    "CREATE TABLE order_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, idempotency_key TEXT UNIQUE);"
+    "INSERT INTO order_ids (id) SELECT MAX(id) FROM orders WHERE EXISTS (SELECT 1 FROM orders);"
+    "DELETE FROM order_ids;"
+    "DROP TABLE orders;"
+    "CREATE TABLE order_view (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL,"
+    "  status TEXT NOT NULL, version INTEGER NOT NULL, order_json TEXT NOT NULL);"
+    "CREATE INDEX order_view_by_customer ON order_view (customer_id, id);"
+    "CREATE INDEX order_view_by_status ON order_view (status, id);",
     NULL};
-
-#define ORDER_COLUMNS                                                                              \
-    "id, customer_id, status, stock_check, items_json, total_cents, currency, created_at,"         \
-    " correlation_id, payment"
 
 struct order_req_s;
 
@@ -71,6 +86,7 @@ typedef struct line_s {
 /* POST /orders in flight: the answers of the calls it made so far (ctx memory). */
 typedef struct order_req_s {
     tr_ctx_t *ctx;
+    int64_t id; /* the id its Idempotency-Key was given before, or 0 */
     int64_t customer_id;
     const char *key; /* Idempotency-Key header, or NULL */
     bool saga;       /* "status":"pending": the saga reserves stock, no stock check here */
@@ -83,17 +99,6 @@ typedef struct order_req_s {
     ssize_t short_at;   /* first item inventory has too little of, or -1 */
     int64_t short_available;
 } order_req_t;
-
-/* Publishes an event of order `id` to its stream order-<id> through the app's outbox (in the
- * caller's transaction). `data` is stolen. Returns 0 or an error. */
-static int publish(tr_ctx_t *ctx, int64_t id, const char *type, json_t *data)
-{
-    char stream[48];
-    snprintf(stream, sizeof(stream), "order-%lld", (long long)id);
-    int rc = tr_app_publish(tr_ctx_app(ctx), tr_ctx_db(ctx), stream, type, data);
-    json_decref(data);
-    return rc;
-}
 
 static void internal_error(tr_ctx_t *ctx)
 {
@@ -119,23 +124,159 @@ static bool invalid(tr_ctx_t *ctx, const char *fmt, ...)
     return false;
 }
 
-/* An order as the API shows it: `payment` only once a confirm named one. */
-static json_t *shown(json_t *order)
+/* ---- the aggregate: an order's state is the fold of its stream ---- */
+
+static void stream_of(char *out, size_t outlen, int64_t id)
 {
-    if (order && json_is_null(json_object_get(order, "payment"))) json_object_del(order, "payment");
-    return order;
+    snprintf(out, outlen, "order-%lld", (long long)id);
 }
 
-static json_t *order_json(tr_db_t *db, int64_t id)
+/* One event folded into the state (NULL before OrderPlaced). Fields starting with '_' are the
+ * aggregate's own and never shown. */
+static json_t *fold(json_t *state, const json_t *event, void *data)
 {
-    return shown(tr_db_row(db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE id = ?", "i", id));
+    (void)data;
+    const char *type = json_string_value(json_object_get(event, "type"));
+    const json_t *d = json_object_get(event, "data");
+    const json_t *payment = json_object_get(d, "payment");
+    bool has_payment = payment && !json_is_null(payment);
+    if (!type || !json_is_object(d)) return state;
+    if (!strcmp(type, "OrderPlaced")) {
+        json_decref(state);
+        state = json_deep_copy(d);
+        json_object_set(state, "id", json_object_get(d, "order_id"));
+        json_object_del(state, "order_id");
+        return state;
+    }
+    if (!state) return NULL; /* an event before its OrderPlaced: nothing to change */
+    if (!strcmp(type, "OrderConfirmed")) {
+        json_object_set_new(state, "status", json_string("confirmed"));
+        if (has_payment && !json_object_get(state, "payment"))
+            json_object_set_new(state, "payment", json_deep_copy(payment));
+    } else if (!strcmp(type, "OrderPaymentRecorded")) {
+        if (has_payment && !json_object_get(state, "payment"))
+            json_object_set_new(state, "payment", json_deep_copy(payment));
+    } else if (!strcmp(type, "OrderCancelled")) {
+        json_object_set_new(state, "status", json_string("cancelled"));
+        json_object_set(state, "_cancel_key", json_object_get(d, "key"));
+    }
+    return state;
 }
 
-/* The order an earlier POST /orders with this Idempotency-Key made, or NULL. */
-static json_t *order_by_key(tr_db_t *db, const char *key)
+/* The order as the API shows it (a new reference): the state without its own fields. */
+static json_t *shown(const json_t *state)
 {
-    return shown(tr_db_row(
-        db, NULL, "SELECT " ORDER_COLUMNS " FROM orders WHERE idempotency_key = ?", "s", key));
+    json_t *o = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)state, k, v) if (k[0] != '_') json_object_set(o, k, v);
+    return o;
+}
+
+static json_t *event_of(const char *type, json_t *data)
+{
+    return json_pack("{ss,so}", "type", type, "data", data);
+}
+
+static const char *status_of(const json_t *state)
+{
+    const char *s = json_string_value(json_object_get(state, "status"));
+    return s ? s : "";
+}
+
+/* The read model: the order at `version`, unless the row is as new already (the command
+ * that made the version and the projection both write it; the newer version wins). */
+static int view_put(tr_db_t *db, const json_t *state, int64_t version)
+{
+    json_t *o = shown(state);
+    int rc = tr_db_run(db,
+                       "INSERT INTO order_view (id, customer_id, status, version, order_json)"
+                       " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                       " customer_id = excluded.customer_id, status = excluded.status,"
+                       " version = excluded.version, order_json = excluded.order_json"
+                       " WHERE excluded.version > order_view.version",
+                       "iisij", (int64_t)json_integer_value(json_object_get(o, "id")),
+                       (int64_t)json_integer_value(json_object_get(o, "customer_id")), status_of(o),
+                       version, o);
+    json_decref(o);
+    return rc < 0 ? rc : 0;
+}
+
+/* The projection: every event of an order stream, in order, moves the read model on. */
+static int project(tr_db_t *db, const json_t *event, void *data)
+{
+    const char *stream = json_string_value(json_object_get(event, "stream"));
+    int64_t version = json_integer_value(json_object_get(event, "version"));
+    long long id = 0;
+    char tail;
+    if (!stream || sscanf(stream, "order-%lld%c", &id, &tail) != 1 || id <= 0) return 0;
+    json_t *row = tr_db_row(db, NULL, "SELECT version, order_json FROM order_view WHERE id = ?",
+                            "i", (int64_t)id);
+    if (row && json_integer_value(json_object_get(row, "version")) >= version) {
+        json_decref(row); /* the command that appended it wrote it already */
+        return 0;
+    }
+    json_t *state = row ? json_incref(json_object_get(row, "order")) : NULL;
+    json_decref(row);
+    state = fold(state, event, data);
+    int rc = state ? view_put(db, state, version) : 0;
+    json_decref(state);
+    return rc;
+}
+
+/* After a command: the read model catches up at once (read your writes on this service);
+ * when that write fails, the projection brings it there. */
+static void view_after(tr_ctx_t *ctx, const tr_aggregate_result_t *r)
+{
+    if (r->appended && r->state && view_put(tr_ctx_db(ctx), r->state, r->version))
+        tr_log_warn("order view not updated; the projection will",
+                    TR_LOG_INT("version", r->version));
+}
+
+static void store_failed(tr_ctx_t *ctx, const tr_aggregate_result_t *r)
+{
+    if (r->err == TR_ECONFLICT)
+        tr_ctx_problem(ctx, 503, "busy", "Order busy",
+                       "the order changed %d times while this request tried; try again",
+                       TR_AGGREGATE_MAX_CONFLICTS);
+    else
+        tr_ctx_problem(ctx, 503, "store-unavailable", "Event store unavailable",
+                       "the order's events could not be read or written (%s); try again",
+                       r->err == TR_EBAD_RESPONSE ? "the event store refused"
+                                                  : tr_strerror(r->err));
+}
+
+static void not_found(tr_ctx_t *ctx, int64_t id)
+{
+    tr_ctx_problem(ctx, 404, "not-found", "Unknown order", "order %lld does not exist",
+                   (long long)id);
+}
+
+/* A command in flight (ctx memory). */
+typedef struct command_s {
+    int64_t id;
+    const char *key;
+    const json_t *payment;
+    order_req_t *o; /* POST /orders */
+    json_t *placed; /* the OrderPlaced event's data, for POST /orders */
+    bool replay;    /* decide found the command done already */
+} command_t;
+
+static void run(tr_ctx_t *ctx, command_t *c, tr_aggregate_decide_cb decide,
+                tr_aggregate_done_cb done)
+{
+    char stream[48];
+    stream_of(stream, sizeof(stream), c->id);
+    tr_aggregate_command_t cmd = {
+        .stream = stream, .fold = fold, .decide = decide, .done = done, .data = c};
+    tr_ctx_aggregate(ctx, &cmd);
+}
+
+static command_t *command(tr_ctx_t *ctx, int64_t id)
+{
+    command_t *c = tr_ctx_alloc(ctx, sizeof(*c));
+    *c = (command_t){.id = id};
+    return c;
 }
 
 /* The Idempotency-Key header (NULL when absent); false after answering 400 for a bad one. */
@@ -205,22 +346,65 @@ static order_req_t *parse_order(tr_ctx_t *ctx)
     return o;
 }
 
-/* Answers a repeat of POST /orders with the order its Idempotency-Key made first. */
-static void replay_order(tr_ctx_t *ctx, const char *key)
+static json_t *decide_place(tr_ctx_t *ctx, const json_t *state, int64_t version, void *data)
 {
-    json_t *order = order_by_key(tr_ctx_db(ctx), key);
-    if (!order) {
-        internal_error(ctx);
+    (void)ctx, (void)version;
+    command_t *c = data;
+    c->replay = state != NULL; /* placed already: the same call again */
+    return c->replay ? json_array()
+                     : json_pack("[o]", event_of("OrderPlaced", json_incref(c->placed)));
+}
+
+static void placed(tr_ctx_t *ctx, const tr_aggregate_result_t *r, void *data)
+{
+    command_t *c = data;
+    json_decref(c->placed);
+    c->placed = NULL;
+    if (r->err) {
+        store_failed(ctx, r);
         return;
     }
-    tr_ctx_set_header(ctx, "idempotent-replayed", "true");
-    tr_ctx_reply_json(ctx, 200, order);
+    if (c->replay || !r->appended) {
+        tr_ctx_set_header(ctx, "idempotent-replayed", "true");
+        tr_ctx_reply_json(ctx, 200, shown(r->state));
+        return;
+    }
+    view_after(ctx, r);
+    tr_log_info(
+        "order created", TR_LOG_INT("order_id", c->id),
+        TR_LOG_INT("customer_id", c->o->customer_id), TR_LOG_STR("status", status_of(r->state)),
+        TR_LOG_STR("stock_check", json_string_value(json_object_get(r->state, "stock_check"))),
+        TR_LOG_INT("total_cents", json_integer_value(json_object_get(r->state, "total_cents"))));
+    char location[64];
+    snprintf(location, sizeof(location), "/orders/%lld", (long long)c->id);
+    tr_ctx_set_header(ctx, "location", location);
+    tr_ctx_reply_json(ctx, 201, shown(r->state));
+}
+
+/* The order's id: the one its Idempotency-Key was given (also by another replica at the same
+ * moment), else a new one. 0 when the database fails. */
+static int64_t order_id(tr_db_t *db, const char *key)
+{
+    if (!key)
+        return tr_db_run(db, "INSERT INTO order_ids (idempotency_key) VALUES (NULL)", "") < 0
+                   ? 0
+                   : tr_db_last_id(db);
+    if (tr_db_run(db,
+                  "INSERT INTO order_ids (idempotency_key) VALUES (?)"
+                  " ON CONFLICT (idempotency_key) DO NOTHING",
+                  "s", key) < 0)
+        return 0;
+    return tr_db_int(db, 0, "SELECT id FROM order_ids WHERE idempotency_key = ?", "s", key);
 }
 
 static void store_order(order_req_t *o)
 {
     tr_ctx_t *ctx = o->ctx;
-    tr_db_t *db = tr_ctx_db(ctx);
+    int64_t id = o->id ? o->id : order_id(tr_ctx_db(ctx), o->key);
+    if (!id) {
+        internal_error(ctx);
+        return;
+    }
     json_t *items = json_array();
     int64_t total = 0;
     for (size_t i = 0; i < o->n; i++) {
@@ -232,44 +416,19 @@ static void store_order(order_req_t *o)
         total += l->quantity * l->unit_price_cents;
     }
     bool pending = o->deferred || o->saga;
-    const char *status = pending ? "pending" : "created";
-    const char *check = pending ? "deferred" : "verified";
-    /* The order and its OrderPlaced event in one transaction (the transactional outbox). */
-    int rc = tr_db_begin(db);
-    if (!rc)
-        rc =
-            tr_db_run(db,
-                      "INSERT INTO orders (customer_id, status, stock_check, items_json,"
-                      " total_cents, correlation_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      "issjiss", o->customer_id, status, check, items, total,
-                      tr_ctx_correlation_id(ctx), o->key);
-    int64_t id = rc < 0 ? 0 : tr_db_last_id(db);
-    if (id && publish(ctx, id, "OrderPlaced",
-                      json_pack("{sI,sI,sI,ss}", "order_id", (json_int_t)id, "customer_id",
-                                (json_int_t)o->customer_id, "total_cents", (json_int_t)total,
-                                "status", status)))
-        rc = TR_EIO;
-    json_decref(items);
-    if (rc < 0 || tr_db_commit(db)) {
-        tr_db_rollback(db);
-        if (rc == TR_EEXISTS && o->key) { /* the same call, made at once by another replica */
-            replay_order(ctx, o->key);
-            return;
-        }
-        id = 0;
-    }
-    json_t *order = id ? order_json(db, id) : NULL;
-    if (!order) {
-        internal_error(ctx);
-        return;
-    }
-    tr_log_info("order created", TR_LOG_INT("order_id", id),
-                TR_LOG_INT("customer_id", o->customer_id), TR_LOG_STR("status", status),
-                TR_LOG_STR("stock_check", check), TR_LOG_INT("total_cents", total));
-    char location[64];
-    snprintf(location, sizeof(location), "/orders/%lld", (long long)id);
-    tr_ctx_set_header(ctx, "location", location);
-    tr_ctx_reply_json(ctx, 201, order);
+    char now[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(now, sizeof(now), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    command_t *c = command(ctx, id);
+    c->o = o;
+    c->key = o->key;
+    c->placed = json_pack("{sI,sI,ss,ss,so,sI,ss,ss,ss}", "order_id", (json_int_t)id, "customer_id",
+                          (json_int_t)o->customer_id, "status", pending ? "pending" : "created",
+                          "stock_check", pending ? "deferred" : "verified", "items", items,
+                          "total_cents", (json_int_t)total, "currency", "EUR", "created_at", now,
+                          "correlation_id", tr_ctx_correlation_id(ctx));
+    run(ctx, c, decide_place, placed);
 }
 
 static void after_stock(order_req_t *o)
@@ -352,27 +511,55 @@ static void on_product(tr_ctx_t *ctx, const tr_call_result_t *r, void *data)
     if (--o->outstanding == 0) after_catalog(o);
 }
 
-static void post_order(tr_ctx_t *ctx, void *data)
+/* Asks catalog about every item at once; the last answer goes on. */
+static void price_order(order_req_t *o)
 {
-    (void)data;
-    const char *key;
-    if (!idempotency_key(ctx, &key)) return;
-    json_t *prior = key ? order_by_key(tr_ctx_db(ctx), key) : NULL;
-    if (prior) {
-        json_decref(prior);
-        replay_order(ctx, key);
-        return;
-    }
-    order_req_t *o = parse_order(ctx);
-    if (!o) return;
-    o->key = key;
     /* Count every call first: a call's callback may run before tr_ctx_call returns. */
     o->outstanding = o->n;
     for (size_t i = 0; i < o->n; i++) {
         char target[64];
         snprintf(target, sizeof(target), "/products/%lld", (long long)o->lines[i].product_id);
-        tr_ctx_call(ctx, "catalog", "GET", target, NULL, on_product, &o->lines[i]);
+        tr_ctx_call(o->ctx, "catalog", "GET", target, NULL, on_product, &o->lines[i]);
     }
+}
+
+/* A repeat of a keyed POST /orders: answered from the order its key made, or, when that
+ * order never reached its stream (a crash between the two), placed now under the same id. */
+static void prior_loaded(tr_ctx_t *ctx, const tr_aggregate_result_t *r, void *data)
+{
+    command_t *c = data;
+    if (r->err) {
+        store_failed(ctx, r);
+    } else if (r->state) {
+        tr_ctx_set_header(ctx, "idempotent-replayed", "true");
+        tr_ctx_reply_json(ctx, 200, shown(r->state));
+    } else {
+        order_req_t *o = parse_order(ctx);
+        if (!o) return;
+        o->key = c->key;
+        o->id = c->id;
+        price_order(o);
+    }
+}
+
+static void post_order(tr_ctx_t *ctx, void *data)
+{
+    (void)data;
+    const char *key;
+    if (!idempotency_key(ctx, &key)) return;
+    int64_t prior = key ? tr_db_int(tr_ctx_db(ctx), 0,
+                                    "SELECT id FROM order_ids WHERE idempotency_key = ?", "s", key)
+                        : 0;
+    if (prior) {
+        command_t *c = command(ctx, prior);
+        c->key = key;
+        run(ctx, c, NULL, prior_loaded);
+        return;
+    }
+    order_req_t *o = parse_order(ctx);
+    if (!o) return;
+    o->key = key;
+    price_order(o);
 }
 
 /* ---- reading and cancelling ---- */
@@ -384,22 +571,24 @@ static bool order_param(tr_ctx_t *ctx, int64_t *id)
     return false;
 }
 
-static void not_found(tr_ctx_t *ctx, int64_t id)
+static void got_order(tr_ctx_t *ctx, const tr_aggregate_result_t *r, void *data)
 {
-    tr_ctx_problem(ctx, 404, "not-found", "Unknown order", "order %lld does not exist",
-                   (long long)id);
+    command_t *c = data;
+    if (r->err)
+        store_failed(ctx, r);
+    else if (r->state)
+        tr_ctx_reply_json(ctx, 200, shown(r->state));
+    else
+        not_found(ctx, c->id);
 }
 
+/* An order by id is read from its stream: always its latest state. */
 static void get_order(tr_ctx_t *ctx, void *data)
 {
     (void)data;
     int64_t id;
     if (!order_param(ctx, &id)) return;
-    json_t *order = order_json(tr_ctx_db(ctx), id);
-    if (order)
-        tr_ctx_reply_json(ctx, 200, order);
-    else
-        not_found(ctx, id);
+    run(ctx, command(ctx, id), NULL, got_order);
 }
 
 /* A query value as an integer from lo to hi; `def` when absent; false when malformed. */
@@ -436,7 +625,7 @@ static void list_orders(tr_ctx_t *ctx, void *data)
         return;
     }
     json_t *rows = tr_db_rows(tr_ctx_db(ctx), NULL,
-                              "SELECT " ORDER_COLUMNS " FROM orders"
+                              "SELECT order_json FROM order_view"
                               " WHERE (?1 = 0 OR customer_id = ?1) AND (?2 IS NULL OR status = ?2)"
                               " ORDER BY id DESC LIMIT ?3",
                               "isi", customer, status, limit);
@@ -444,37 +633,60 @@ static void list_orders(tr_ctx_t *ctx, void *data)
         internal_error(ctx);
         return;
     }
+    json_t *items = json_array();
     size_t i;
     json_t *row;
-    json_array_foreach(rows, i, row) shown(row);
-    tr_ctx_reply_json(ctx, 200, json_pack("{so}", "items", rows));
+    json_array_foreach(rows, i, row) json_array_append(items, json_object_get(row, "order"));
+    json_decref(rows);
+    tr_ctx_reply_json(ctx, 200, json_pack("{so}", "items", items));
 }
 
-/*
- * Why a cancel changed nothing: 200 when the same Idempotency-Key cancelled it already (a
- * saga's compensation sent again), else 409. Takes the order.
- */
-static void cancel_refused(tr_ctx_t *ctx, int64_t id, json_t *order, const char *key)
+static json_t *decide_cancel(tr_ctx_t *ctx, const json_t *state, int64_t version, void *data)
 {
-    const char *status = json_string_value(json_object_get(order, "status"));
-    int64_t same = key ? tr_db_int(tr_ctx_db(ctx), 0,
-                                   "SELECT COUNT(*) FROM orders WHERE id = ? AND cancel_key = ?",
-                                   "is", id, key)
-                       : 0;
-    if (same) {
-        tr_ctx_set_header(ctx, "idempotent-replayed", "true");
-        tr_ctx_reply_json(ctx, 200, order);
-        return;
+    (void)version;
+    command_t *c = data;
+    const char *status = status_of(state);
+    const char *by = json_string_value(json_object_get(state, "_cancel_key"));
+    if (!state) {
+        not_found(ctx, c->id);
+        return NULL;
     }
-    bool confirmed = status && !strcmp(status, "confirmed");
-    json_decref(order);
-    if (confirmed)
+    if (!strcmp(status, "cancelled") && c->key && by && !strcmp(by, c->key)) {
+        c->replay = true; /* the same cancel again: a saga's compensation sent twice */
+        return json_array();
+    }
+    if (!strcmp(status, "cancelled")) {
+        tr_ctx_problem(ctx, 409, "already-cancelled", "Order already cancelled",
+                       "order %lld is cancelled already", (long long)c->id);
+        return NULL;
+    }
+    if (!strcmp(status, "confirmed")) {
         tr_ctx_problem(ctx, 409, "order-confirmed", "Order confirmed",
                        "order %lld is confirmed (paid) and can no longer be cancelled",
-                       (long long)id);
-    else
-        tr_ctx_problem(ctx, 409, "already-cancelled", "Order already cancelled",
-                       "order %lld is cancelled already", (long long)id);
+                       (long long)c->id);
+        return NULL;
+    }
+    /* A saga's compensation names its step in the key (<saga>:<step>:compensation). */
+    bool by_saga = c->key && strstr(c->key, ":compensation");
+    return json_pack(
+        "[o]",
+        event_of("OrderCancelled", json_pack("{sI,ss,ss*}", "order_id", (json_int_t)c->id, "reason",
+                                             by_saga ? "the checkout could not be completed"
+                                                     : "cancelled at the customer's request",
+                                             "key", c->key)));
+}
+
+static void cancelled(tr_ctx_t *ctx, const tr_aggregate_result_t *r, void *data)
+{
+    command_t *c = data;
+    if (r->err) {
+        store_failed(ctx, r);
+        return;
+    }
+    if (c->replay) tr_ctx_set_header(ctx, "idempotent-replayed", "true");
+    view_after(ctx, r);
+    if (r->appended) tr_log_info("order cancelled", TR_LOG_INT("order_id", c->id));
+    tr_ctx_reply_json(ctx, 200, shown(r->state));
 }
 
 static void cancel_order(tr_ctx_t *ctx, void *data)
@@ -483,35 +695,9 @@ static void cancel_order(tr_ctx_t *ctx, void *data)
     int64_t id;
     const char *key;
     if (!order_param(ctx, &id) || !idempotency_key(ctx, &key)) return;
-    tr_db_t *db = tr_ctx_db(ctx);
-    int rc = tr_db_begin(db);
-    if (!rc)
-        rc = tr_db_run(db,
-                       "UPDATE orders SET status = 'cancelled', cancel_key = ?"
-                       " WHERE id = ? AND status NOT IN ('cancelled', 'confirmed')",
-                       "si", key, id);
-    /* A saga's compensation names its step in the key (<saga>:<step>:compensation). */
-    bool by_saga = key && strstr(key, ":compensation");
-    if (rc == 1 && publish(ctx, id, "OrderCancelled",
-                           json_pack("{sI,ss}", "order_id", (json_int_t)id, "reason",
-                                     by_saga ? "the checkout could not be completed"
-                                             : "cancelled at the customer's request")))
-        rc = TR_EIO;
-    if (rc < 0 || tr_db_commit(db)) {
-        tr_db_rollback(db);
-        rc = rc < 0 ? rc : TR_EIO;
-    }
-    json_t *order = rc < 0 ? NULL : order_json(db, id);
-    if (rc < 0)
-        internal_error(ctx);
-    else if (!order)
-        not_found(ctx, id);
-    else if (rc == 0)
-        cancel_refused(ctx, id, order, key);
-    else {
-        tr_log_info("order cancelled", TR_LOG_INT("order_id", id));
-        tr_ctx_reply_json(ctx, 200, order);
-    }
+    command_t *c = command(ctx, id);
+    c->key = key;
+    run(ctx, c, decide_cancel, cancelled);
 }
 
 /* The optional "payment" of a confirm's body (a charge id); false after answering 422. */
@@ -525,52 +711,55 @@ static bool parse_payment(tr_ctx_t *ctx, const json_t **payment)
                    MAX_PAYMENT);
 }
 
-/* Confirms the order (again: the same answer); a payment named first is kept. */
+/* Only the first confirm changes the order (OrderConfirmed); a repeat answers the same, and a
+ * payment named after a confirm that named none is recorded (OrderPaymentRecorded). */
+static json_t *decide_confirm(tr_ctx_t *ctx, const json_t *state, int64_t version, void *data)
+{
+    (void)version;
+    command_t *c = data;
+    const char *status = status_of(state);
+    bool named = c->payment && !json_is_null(c->payment);
+    if (!state) {
+        not_found(ctx, c->id);
+        return NULL;
+    }
+    if (!strcmp(status, "cancelled")) {
+        tr_ctx_problem(ctx, 409, "order-cancelled", "Order cancelled",
+                       "order %lld is cancelled and cannot be confirmed", (long long)c->id);
+        return NULL;
+    }
+    if (!strcmp(status, "confirmed"))
+        return named && !json_object_get(state, "payment")
+                   ? json_pack("[o]", event_of("OrderPaymentRecorded",
+                                               json_pack("{sI,sO}", "order_id", (json_int_t)c->id,
+                                                         "payment", c->payment)))
+                   : json_array();
+    return json_pack("[o]",
+                     event_of("OrderConfirmed", json_pack("{sI,sO?}", "order_id", (json_int_t)c->id,
+                                                          "payment", named ? c->payment : NULL)));
+}
+
+static void confirmed(tr_ctx_t *ctx, const tr_aggregate_result_t *r, void *data)
+{
+    command_t *c = data;
+    if (r->err) {
+        store_failed(ctx, r);
+        return;
+    }
+    view_after(ctx, r);
+    if (r->appended) tr_log_info("order confirmed", TR_LOG_INT("order_id", c->id));
+    tr_ctx_reply_json(ctx, 200, shown(r->state));
+}
+
 static void confirm_order(tr_ctx_t *ctx, void *data)
 {
     (void)data;
     int64_t id;
     const json_t *payment;
     if (!order_param(ctx, &id) || !parse_payment(ctx, &payment)) return;
-    tr_db_t *db = tr_ctx_db(ctx);
-    /* Only the first confirm changes the order and publishes OrderConfirmed; a repeat answers
-     * the same. */
-    const char *sql = "UPDATE orders SET status = 'confirmed', payment = COALESCE(payment, ?)"
-                      " WHERE id = ? AND status NOT IN ('cancelled', 'confirmed')";
-    int rc = tr_db_begin(db);
-    if (!rc)
-        rc = json_is_integer(payment)
-                 ? tr_db_run(db, sql, "ii", (int64_t)json_integer_value(payment), id)
-                 : tr_db_run(db, sql, "si", json_string_value(payment), id);
-    if (rc == 1 && publish(ctx, id, "OrderConfirmed",
-                           json_pack("{sI,sO?}", "order_id", (json_int_t)id, "payment", payment)))
-        rc = TR_EIO;
-    static const char later[] = "UPDATE orders SET payment = COALESCE(payment, ?)"
-                                " WHERE id = ? AND status = 'confirmed'";
-    if (rc == 0 && payment && !json_is_null(payment)) { /* confirmed already: a late payment */
-        int r2 = json_is_integer(payment)
-                     ? tr_db_run(db, later, "ii", (int64_t)json_integer_value(payment), id)
-                     : tr_db_run(db, later, "si", json_string_value(payment), id);
-        if (r2 < 0) rc = r2;
-    }
-    if (rc < 0 || tr_db_commit(db)) {
-        tr_db_rollback(db);
-        rc = rc < 0 ? rc : TR_EIO;
-    }
-    json_t *order = rc < 0 ? NULL : order_json(db, id);
-    const char *now = json_string_value(json_object_get(order, "status"));
-    if (rc < 0)
-        internal_error(ctx);
-    else if (!order)
-        not_found(ctx, id);
-    else if (rc == 0 && (!now || strcmp(now, "confirmed"))) {
-        json_decref(order);
-        tr_ctx_problem(ctx, 409, "order-cancelled", "Order cancelled",
-                       "order %lld is cancelled and cannot be confirmed", (long long)id);
-    } else {
-        tr_log_info("order confirmed", TR_LOG_INT("order_id", id));
-        tr_ctx_reply_json(ctx, 200, order);
-    }
+    command_t *c = command(ctx, id);
+    c->payment = payment;
+    run(ctx, c, decide_confirm, confirmed);
 }
 
 /* ---- the program ---- */
@@ -600,9 +789,13 @@ static void declare_services(tr_app_t *app)
 
 static int setup(tr_app_t *app, char *err, size_t errlen)
 {
-    (void)err;
-    (void)errlen;
     declare_services(app);
+    tr_projection_options_t po = {
+        .name = "order-view", .stream_prefix = "order-", .apply = project};
+    if (tr_app_projection(app, &po)) {
+        snprintf(err, errlen, "cannot follow the event store (TRELLIS_EVENTSTORE)");
+        return -1;
+    }
     tr_app_route(app, "POST", "/orders", post_order, NULL);
     tr_app_route(app, "GET", "/orders", list_orders, NULL);
     tr_app_route(app, "GET", "/orders/{id}", get_order, NULL);
@@ -618,7 +811,10 @@ int main(int argc, char **argv)
         .about =
             "The shop's order service (examples/shop/API.md): calls catalog for names and prices\n"
             "and inventory for stock (with a fallback when inventory cannot answer); steps\n"
-            "of the create-order saga, idempotent by Idempotency-Key.\n"
+            "of the create-order saga, idempotent by Idempotency-Key. Each order is an\n"
+            "event-sourced aggregate: its stream order-<id> in the event store\n"
+            "(TRELLIS_EVENTSTORE, else the registry's address) is its state; the database\n"
+            "keeps ids and the read model that lists orders.\n"
             "SHOP_BREAKER_OPEN_MS sets how long a tripped breaker stays open (2000).\n",
         .migrations = migrations,
         .setup = setup,
