@@ -83,5 +83,5 @@ const commits = Number(process.argv[4] || 0);
 const r2 = JSON.parse(process.argv[6]);
 const n = r.sagas || 1, n2 = r2.sagas || 1;
 console.log(`sagas: ${r.sagas_per_second}/s (goal >= ${goal}: ratio ${(r.sagas_per_second / goal).toFixed(2)}), p50 ${r.p50_ms} ms, p99 ${r.p99_ms} ms, states ${JSON.stringify(r.states)}`);
-console.log(`durability: ${(commits / n).toFixed(2)} group commits per saga (every transition is written before its effect; one commit per loop turn); ${(fsyncs / n2).toFixed(3)} fsync calls per saga (sync=${process.argv[5]}, from a 3 s run under strace)`);
+console.log(`durability: ${(commits / n).toFixed(2)} group commits per saga (every transition is written before its effect; group commits on a thread-pool thread); ${(fsyncs / n2).toFixed(3)} fsync calls per saga (sync=${process.argv[5]}, from a 3 s run under strace)`);
 ' "$RESULT" "$GOAL" "$STRACE_OUT" "${COMMITS0:-0}" "$SYNC" "$SRESULT"

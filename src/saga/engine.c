@@ -1,8 +1,9 @@
 /*
  * The saga engine: moves each saga through its steps and compensations. Every transition
- * marks the saga dirty; once per loop turn the dirty sagas are committed in one transaction
- * (group commit), and only then do the effects they announce happen: calls are sent, the
- * waiting API requests answered. See docs/sagas.md.
+ * marks the saga dirty; the dirty sagas are copied once per loop turn and committed in one
+ * transaction on a thread-pool thread (group commit, one at a time), and only once that is
+ * done do the effects they announce happen: calls are sent, the waiting API requests
+ * answered. See docs/sagas.md.
  */
 #include "saga/engine_int.h"
 
@@ -503,12 +504,12 @@ static void free_waiter(uv_handle_t *h)
     free(h->data); /* the waiter the timer is part of */
 }
 
-static void answer_waiters(saga_t *s, bool ended)
+static void answer_waiters(saga_t *s, bool ended, bool stuck)
 {
     saga_waiter_t **pw = &s->waiters;
     while (*pw) {
         saga_waiter_t *w = *pw;
-        if (!w->accept_only && !ended && s->state != SAGA_STUCK) {
+        if (!w->accept_only && !ended && !stuck) {
             pw = &w->next;
             continue;
         }
@@ -521,57 +522,111 @@ static void answer_waiters(saga_t *s, bool ended)
     }
 }
 
-static void after_commit(saga_t *s)
+/* The effects a commit announced, now that it is durable. */
+static void after_commit(const tr__saga_done_t *d)
 {
-    bool ended = tr__saga_ended(s->state);
-    answer_waiters(s, ended);
-    if (ended) {
+    saga_t *s = d->saga;
+    answer_waiters(s, d->ended, d->stuck);
+    if (d->ended) {
         root_span(s);
         tr_map_del(&s->e->sagas, s->id);
         uv_close((uv_handle_t *)&s->timer, on_saga_closed);
         return;
     }
-    if (s->send_after_commit) {
-        s->send_after_commit = false;
+    if (!d->send) return;
+    if (s->queued)
+        s->send_after_commit = true; /* it moved on meanwhile: send once that is written */
+    else if (s->state == SAGA_RUNNING || s->state == SAGA_COMPENSATING)
         send_call(s);
-    }
 }
 
 static void on_retry_flush(uv_timer_t *t);
+static void flush(tr_saga_engine_t *e);
 
-static void flush(tr_saga_engine_t *e)
+static void commit_work(uv_work_t *w)
+{
+    tr__saga_commit_t *c = w->data;
+    c->rc = tr__saga_store_write(c);
+}
+
+/* The last commit, at close: written on the loop, its effects not run (the sagas close). */
+static void flush_final(tr_saga_engine_t *e)
 {
     if (!e->nqueue) return;
-    if (tr__saga_store_commit(e)) {
+    tr__saga_commit_t *c = tr__saga_store_snapshot(e);
+    if (tr__saga_store_write(c))
+        tr_log_error("saga: the last commit failed; the sagas resume from the one before",
+                     TR_LOG_STR("path", e->db_path), TR_LOG_STR("reason", c->why));
+    tr__saga_commit_free(c);
+}
+
+static void engine_handle_done(tr_saga_engine_t *e);
+
+static void commit_done(uv_work_t *w, int status)
+{
+    tr__saga_commit_t *c = w->data;
+    tr_saga_engine_t *e = c->e;
+    c->running = false;
+    if (e->closing) { /* the sagas are closing: write what is left, no effects */
+        if (status || c->rc) tr__saga_store_write(c);
+        tr__saga_commit_free(c);
+        e->inflight = NULL;
+        flush_final(e);
+        engine_handle_done(e);
+        return;
+    }
+    if (status || c->rc) { /* retried as it is; the queue waits behind it */
         if (!e->flush_failing)
             tr_log_error("saga: cannot write the saga database; sagas pause until it works",
-                         TR_LOG_STR("path", e->db_path));
+                         TR_LOG_STR("path", e->db_path), TR_LOG_STR("reason", c->why));
         e->flush_failing = true;
         uv_timer_start(&e->retry_flush, on_retry_flush, 500, 0);
         return;
     }
+    if (e->flush_failing) tr_log_info("saga: the saga database works again");
     e->flush_failing = false;
-    /* Effects may queue more sagas (their next transitions): take this batch first. */
-    size_t n = e->nqueue;
-    saga_t **batch = tr_malloc(n * sizeof(*batch));
-    memcpy(batch, e->queue, n * sizeof(*batch));
-    e->nqueue = 0;
-    for (size_t i = 0; i < n; i++)
-        batch[i]->queued = false;
-    for (size_t i = 0; i < n; i++)
-        after_commit(batch[i]);
-    free(batch);
+    e->inflight = NULL;
+    e->fsyncs++;
+    for (size_t i = 0; i < c->n; i++)
+        after_commit(&c->batch[i]);
+    tr__saga_commit_free(c);
+    flush(e); /* what queued meanwhile */
+}
+
+static void start_commit(tr_saga_engine_t *e, tr__saga_commit_t *c)
+{
+    e->inflight = c;
+    c->work.data = c;
+    c->running = true;
+    if (uv_queue_work(e->loop, &c->work, commit_work, commit_done)) {
+        c->running = false;
+        c->rc = TR_EIO;
+        snprintf(c->why, sizeof(c->why), "cannot queue the commit");
+        e->flush_failing = true;
+        uv_timer_start(&e->retry_flush, on_retry_flush, 500, 0);
+    }
+}
+
+/*
+ * Group commit: every transition queued since the last commit goes to the database in one
+ * transaction on a thread-pool thread; the effects they announce (calls sent, answers,
+ * spans) run on the loop once it committed. One commit at a time, so they land in order.
+ */
+static void flush(tr_saga_engine_t *e)
+{
+    if (e->inflight || !e->nqueue || e->closing) return;
+    start_commit(e, tr__saga_store_snapshot(e));
 }
 
 static void on_retry_flush(uv_timer_t *t)
 {
-    flush(t->data);
+    tr_saga_engine_t *e = t->data;
+    if (e->inflight) start_commit(e, e->inflight); /* the same rows again */
 }
 
 static void on_prepare(uv_prepare_t *p)
 {
-    tr_saga_engine_t *e = p->data;
-    if (!e->flush_failing) flush(e);
+    flush(p->data);
 }
 
 /* ---- creating sagas ---- */
@@ -736,8 +791,8 @@ int tr_saga_engine_open(uv_loop_t *loop, const tr_saga_options_t *o, tr_saga_eng
         m, "trellis_saga_step_attempts_total", "Step calls made by sagas, by outcome.",
         (const char *const[]){"name", "step", "phase", "outcome", NULL});
     tr_metrics_counter_fn(m, "trellis_saga_commits_total",
-                          "Group commits of the saga store (each holds every transition of a loop "
-                          "turn).",
+                          "Group commits of the saga store (each holds every transition queued "
+                          "since the one before).",
                           metric_commits, e);
     tr_metrics_gauge_fn(m, "trellis_sagas_active",
                         "Sagas not ended: running, compensating or stuck.", metric_active, e);
@@ -762,10 +817,14 @@ int tr_saga_engine_resume(tr_saga_engine_t *e)
     return tr__saga_store_load(e);
 }
 
+static void engine_handle_done(tr_saga_engine_t *e)
+{
+    if (--e->open_handles == 0 && e->done) e->done(e->done_data);
+}
+
 static void on_engine_handle_closed(uv_handle_t *h)
 {
-    tr_saga_engine_t *e = h->data;
-    if (--e->open_handles == 0 && e->done) e->done(e->done_data);
+    engine_handle_done(h->data);
 }
 
 static void engine_free(tr_saga_engine_t *e)
@@ -773,6 +832,9 @@ static void engine_free(tr_saga_engine_t *e)
     defs_free(e);
     tr_map_free(&e->sagas);
     free(e->queue);
+    sqlite3_finalize(e->wsaga);
+    sqlite3_finalize(e->wcall);
+    sqlite3_close(e->wdb);
     sqlite3_close(e->db);
     free(e->db_path);
     free(e->service_name);
@@ -797,10 +859,25 @@ void tr_saga_engine_close(tr_saga_engine_t *e, void (*done)(void *data), void *d
 {
     close_ctx_t *c = tr_calloc(1, sizeof(*c));
     *c = (close_ctx_t){done, data, e};
-    flush(e); /* what was decided is written before the engine goes */
     e->closing = true;
     e->done = on_all_closed;
     e->done_data = c;
+    /* What was decided is written before the engine goes: now, or after the commit in flight
+     * (which holds a count on the engine until it is done). */
+    if (e->inflight) {
+        e->open_handles++;
+        uv_timer_stop(&e->retry_flush);
+        if (!e->inflight->running) { /* a retry was waiting for its timer */
+            tr__saga_commit_t *pending = e->inflight;
+            e->inflight = NULL;
+            tr__saga_store_write(pending);
+            tr__saga_commit_free(pending);
+            flush_final(e);
+            e->open_handles--;
+        }
+    } else {
+        flush_final(e);
+    }
     size_t pos = 0;
     const char *k;
     void *v;
@@ -808,7 +885,7 @@ void tr_saga_engine_close(tr_saga_engine_t *e, void (*done)(void *data), void *d
         saga_t *s = v;
         s->closing = true;
         if (s->req) tr_http_client_cancel(s->req);
-        answer_waiters(s, true);
+        answer_waiters(s, true, false);
         uv_close((uv_handle_t *)&s->timer, on_saga_closed);
     }
     tr_discovery_close(e->discovery, NULL);

@@ -82,9 +82,35 @@ struct saga_waiter_s {
     saga_waiter_t *next;
 };
 
+/* A saga of a group commit and what its commit announces. */
+typedef struct tr__saga_done_s {
+    saga_t *saga;
+    bool send;  /* its call is sent once the commit is done */
+    bool ended; /* it ended in this commit */
+    bool stuck; /* it is stuck in this commit */
+} tr__saga_done_t;
+
+/* A group commit: rows copied from the sagas on the loop, written on a thread-pool thread. */
+typedef struct tr__saga_commit_s {
+    uv_work_t work;
+    struct tr_saga_engine_s *e;
+    tr__saga_done_t *batch; /* every queued saga, in order */
+    size_t n;
+    struct saga_row_s *sagas; /* the dirty ones */
+    size_t nsagas;
+    struct call_row_s *calls;
+    size_t ncalls;
+    int rc;
+    bool running; /* queued on the thread pool, not done yet */
+    char why[160];
+} tr__saga_commit_t;
+
 struct tr_saga_engine_s {
     uv_loop_t *loop;
-    sqlite3 *db;
+    sqlite3 *db;  /* the loop's: loading at start, reads for the API */
+    sqlite3 *wdb; /* the group commits' (one at a time, on a thread-pool thread) */
+    sqlite3_stmt *wsaga, *wcall;
+    tr__saga_commit_t *inflight; /* the commit being written, or NULL */
     char *db_path;
     tr_map_t defs;  /* name → tr__saga_def_t */
     tr_map_t sagas; /* id → saga_t (those not ended, and ended ones until their commit) */
@@ -106,7 +132,11 @@ struct tr_saga_engine_s {
 
 /* store.c: schema, commit of queued sagas, loading unfinished ones, reading for the API. */
 int tr__saga_store_open(struct tr_saga_engine_s *e, bool sync_full, char *err, size_t errlen);
-int tr__saga_store_commit(struct tr_saga_engine_s *e);
+/* Copies every queued saga's dirty rows and empties the queue (loop thread). */
+tr__saga_commit_t *tr__saga_store_snapshot(struct tr_saga_engine_s *e);
+/* Writes a snapshot in one transaction (any one thread at a time): 0, or TR_EIO with c->why. */
+int tr__saga_store_write(tr__saga_commit_t *c);
+void tr__saga_commit_free(tr__saga_commit_t *c);
 int tr__saga_store_load(struct tr_saga_engine_s *e);
 /* The saga as the API serves it, from the committed state; NULL when unknown. */
 json_t *tr__saga_store_get(struct tr_saga_engine_s *e, const char *id);

@@ -52,8 +52,22 @@ int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t e
         e->db = NULL;
         return rc;
     }
+    /* The writer's own connection: group commits run on a thread-pool thread, so a commit (and
+     * with synchronous=FULL its fsync) never holds up the loop, which the control plane shares
+     * with the gateway. The loop's connection reads. */
+    if (sqlite3_open_v2(e->db_path, &e->wdb, SQLITE_OPEN_READWRITE, NULL) ||
+        tr_sqlite_exec(e->wdb,
+                       sync_full ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;", err,
+                       errlen, e->db_path)) {
+        if (!*err) snprintf(err, errlen, "%s: %s", e->db_path, sqlite3_errmsg(e->wdb));
+        sqlite3_close(e->wdb);
+        sqlite3_close(e->db);
+        e->db = e->wdb = NULL;
+        return TR_EIO;
+    }
+    sqlite3_busy_timeout(e->wdb, 5000);
     tr_log_info("saga: store open", TR_LOG_STR("path", e->db_path),
-                TR_LOG_STR("synchronous", tr_sqlite_int(e->db, "PRAGMA synchronous") == 2
+                TR_LOG_STR("synchronous", tr_sqlite_int(e->wdb, "PRAGMA synchronous") == 2
                                               ? "full (fsync per commit)"
                                               : "normal (WAL: fsync at checkpoints)"));
     return 0;
@@ -76,11 +90,11 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_null(st, i);
 }
 
-static void bind_json(sqlite3_stmt *st, int i, const json_t *j)
+/* For the writer: the rows outlive the statement's step, no copy needed. */
+static void bind_row_text(sqlite3_stmt *st, int i, const char *s)
 {
-    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    if (text)
-        sqlite3_bind_text(st, i, text, -1, free);
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, i);
 }
@@ -93,68 +107,161 @@ static int step_done(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? 0 : TR_EIO;
 }
 
-static int write_saga(tr_saga_engine_t *e, sqlite3_stmt *st, saga_t *s)
-{
+/* ---- group commit: rows copied on the loop, written on a thread-pool thread ---- */
+
+/* One saga row as it is at the snapshot. */
+typedef struct saga_row_s {
+    char *id, *name, *def_json, *input_json, *error, *idem_key;
+    const char *state, *stuck_from;
     char trace[33], root[17];
-    tr_trace_hex_encode(s->trace_id, 16, trace);
-    tr_trace_hex_encode(s->root_span, 8, root);
-    bind_text(st, 1, s->id);
-    bind_text(st, 2, s->def->name);
-    if (!s->inserted) {
-        bind_json(st, 3, s->def->source);
-        bind_json(st, 4, json_object_get(s->ctx, "input"));
-    } else { /* the row exists: the upsert keeps these */
-        bind_text(st, 3, "");
-        bind_text(st, 4, "");
-    }
-    bind_text(st, 5, tr__saga_state_name(s->state));
-    bind_text(st, 6, s->state == SAGA_STUCK ? tr__saga_state_name(s->stuck_from) : NULL);
-    sqlite3_bind_int64(st, 7, (int64_t)s->cur);
-    sqlite3_bind_int(st, 8, s->comp_phase);
-    sqlite3_bind_int(st, 9, s->pivot_passed);
-    bind_text(st, 10, s->error);
-    bind_text(st, 11, s->idem_key);
-    bind_text(st, 12, trace);
-    bind_text(st, 13, root);
-    sqlite3_bind_int64(st, 14, (int64_t)s->created_ms);
-    sqlite3_bind_int64(st, 15, (int64_t)s->updated_ms);
-    (void)e;
-    return step_done(st);
+    int64_t cur, created_ms, updated_ms;
+    int comp_phase, pivot_passed;
+} saga_row_t;
+
+/* One step call row. */
+typedef struct call_row_s {
+    const char *saga_id; /* the saga row's id */
+    int64_t step, attempts, started_ms, finished_ms;
+    const char *phase;
+    char state[2];
+    int uncertain, status;
+    char *error, *response_json;
+} call_row_t;
+
+static char *dup_or_null(const char *s)
+{
+    return s ? tr_strdup(s) : NULL;
 }
 
-static int write_call(sqlite3_stmt *st, const saga_t *s, size_t step, bool comp)
+static char *json_text(const json_t *j)
 {
-    const saga_call_t *c = comp ? &s->comp[step] : &s->action[step];
-    char state[2] = {c->state, '\0'};
-    bind_text(st, 1, s->id);
-    sqlite3_bind_int64(st, 2, (int64_t)step);
-    bind_text(st, 3, comp ? "compensation" : "action");
-    bind_text(st, 4, state);
-    sqlite3_bind_int(st, 5, c->uncertain);
-    sqlite3_bind_int64(st, 6, c->attempts);
-    sqlite3_bind_int(st, 7, c->status);
-    bind_text(st, 8, c->error);
-    bind_json(st, 9, c->response);
-    sqlite3_bind_int64(st, 10, (int64_t)c->started_ms);
-    sqlite3_bind_int64(st, 11, (int64_t)c->finished_ms);
-    return step_done(st);
+    return j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 }
 
-static int write_all(tr_saga_engine_t *e, sqlite3_stmt *ss, sqlite3_stmt *cs)
+static void snap_call(call_row_t *r, const saga_row_t *sr, const saga_call_t *c, size_t step,
+                      bool comp)
 {
-    for (size_t i = 0; i < e->nqueue; i++) {
+    *r = (call_row_t){.saga_id = sr->id,
+                      .step = (int64_t)step,
+                      .attempts = c->attempts,
+                      .started_ms = (int64_t)c->started_ms,
+                      .finished_ms = (int64_t)c->finished_ms,
+                      .phase = comp ? "compensation" : "action",
+                      .state = {c->state, '\0'},
+                      .uncertain = c->uncertain,
+                      .status = c->status,
+                      .error = dup_or_null(c->error),
+                      .response_json = json_text(c->response)};
+}
+
+static void snap_saga(saga_row_t *r, saga_t *s)
+{
+    *r = (saga_row_t){
+        .id = tr_strdup(s->id),
+        .name = tr_strdup(s->def->name),
+        /* the row exists already: the upsert keeps these two */
+        .def_json = s->inserted ? tr_strdup("") : json_text(s->def->source),
+        .input_json = s->inserted ? tr_strdup("") : json_text(json_object_get(s->ctx, "input")),
+        .error = dup_or_null(s->error),
+        .idem_key = dup_or_null(s->idem_key),
+        .state = tr__saga_state_name(s->state),
+        .stuck_from = s->state == SAGA_STUCK ? tr__saga_state_name(s->stuck_from) : NULL,
+        .cur = (int64_t)s->cur,
+        .created_ms = (int64_t)s->created_ms,
+        .updated_ms = (int64_t)s->updated_ms,
+        .comp_phase = s->comp_phase,
+        .pivot_passed = s->pivot_passed};
+    tr_trace_hex_encode(s->trace_id, 16, r->trace);
+    tr_trace_hex_encode(s->root_span, 8, r->root);
+}
+
+tr__saga_commit_t *tr__saga_store_snapshot(tr_saga_engine_t *e)
+{
+    tr__saga_commit_t *c = tr_calloc(1, sizeof(*c));
+    c->e = e;
+    c->n = e->nqueue;
+    c->batch = tr_malloc(c->n * sizeof(*c->batch));
+    c->sagas = tr_malloc(c->n * sizeof(*c->sagas));
+    size_t ncalls = 0;
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t k = 0; k < e->queue[i]->def->nsteps; k++)
+            ncalls += e->queue[i]->action[k].dirty + e->queue[i]->comp[k].dirty;
+    c->calls = tr_malloc((ncalls ? ncalls : 1) * sizeof(*c->calls));
+    for (size_t i = 0; i < c->n; i++) {
         saga_t *s = e->queue[i];
+        c->batch[i] = (tr__saga_done_t){.saga = s,
+                                        .send = s->send_after_commit,
+                                        .ended = tr__saga_ended(s->state),
+                                        .stuck = s->state == SAGA_STUCK};
+        s->send_after_commit = false;
+        s->queued = false;
         if (!s->dirty) continue;
-        if (write_saga(e, ss, s)) return TR_EIO;
+        saga_row_t *r = &c->sagas[c->nsagas++];
+        snap_saga(r, s);
         for (size_t k = 0; k < s->def->nsteps; k++) {
-            if (s->action[k].dirty && write_call(cs, s, k, false)) return TR_EIO;
-            if (s->comp[k].dirty && write_call(cs, s, k, true)) return TR_EIO;
+            if (s->action[k].dirty) snap_call(&c->calls[c->ncalls++], r, &s->action[k], k, false);
+            if (s->comp[k].dirty) snap_call(&c->calls[c->ncalls++], r, &s->comp[k], k, true);
+            s->action[k].dirty = s->comp[k].dirty = false;
         }
+        s->dirty = false;
+        s->inserted = true; /* the next snapshot's row is an update, after this one commits */
     }
-    return 0;
+    e->nqueue = 0;
+    return c;
 }
 
-int tr__saga_store_commit(tr_saga_engine_t *e)
+void tr__saga_commit_free(tr__saga_commit_t *c)
+{
+    for (size_t i = 0; i < c->nsagas; i++) {
+        saga_row_t *r = &c->sagas[i];
+        free(r->id), free(r->name), free(r->def_json), free(r->input_json);
+        free(r->error), free(r->idem_key);
+    }
+    for (size_t i = 0; i < c->ncalls; i++)
+        free(c->calls[i].error), free(c->calls[i].response_json);
+    free(c->sagas);
+    free(c->calls);
+    free(c->batch);
+    free(c);
+}
+
+static int write_saga(sqlite3_stmt *st, const saga_row_t *r)
+{
+    bind_row_text(st, 1, r->id);
+    bind_row_text(st, 2, r->name);
+    bind_row_text(st, 3, r->def_json);
+    bind_row_text(st, 4, r->input_json);
+    bind_row_text(st, 5, r->state);
+    bind_row_text(st, 6, r->stuck_from);
+    sqlite3_bind_int64(st, 7, r->cur);
+    sqlite3_bind_int(st, 8, r->comp_phase);
+    sqlite3_bind_int(st, 9, r->pivot_passed);
+    bind_row_text(st, 10, r->error);
+    bind_row_text(st, 11, r->idem_key);
+    bind_row_text(st, 12, r->trace);
+    bind_row_text(st, 13, r->root);
+    sqlite3_bind_int64(st, 14, r->created_ms);
+    sqlite3_bind_int64(st, 15, r->updated_ms);
+    return step_done(st);
+}
+
+static int write_call(sqlite3_stmt *st, const call_row_t *r)
+{
+    bind_row_text(st, 1, r->saga_id);
+    sqlite3_bind_int64(st, 2, r->step);
+    bind_row_text(st, 3, r->phase);
+    bind_row_text(st, 4, r->state);
+    sqlite3_bind_int(st, 5, r->uncertain);
+    sqlite3_bind_int64(st, 6, r->attempts);
+    sqlite3_bind_int(st, 7, r->status);
+    bind_row_text(st, 8, r->error);
+    bind_row_text(st, 9, r->response_json);
+    sqlite3_bind_int64(st, 10, r->started_ms);
+    sqlite3_bind_int64(st, 11, r->finished_ms);
+    return step_done(st);
+}
+
+int tr__saga_store_write(tr__saga_commit_t *c)
 {
     static const char saga_sql[] =
         "INSERT INTO saga (id, name, def_json, input_json, state, stuck_from, cur, comp_phase,"
@@ -166,24 +273,26 @@ int tr__saga_store_commit(tr_saga_engine_t *e)
     static const char call_sql[] =
         "INSERT OR REPLACE INTO saga_call (saga_id, step, phase, state, uncertain, attempts,"
         " status, error, response_json, started_ms, finished_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?)";
-    char err[256];
-    if (tr_sqlite_exec(e->db, "BEGIN IMMEDIATE", err, sizeof(err), e->db_path)) return TR_EIO;
-    sqlite3_stmt *ss = prepare(e, saga_sql), *cs = prepare(e, call_sql);
-    int rc = ss && cs ? write_all(e, ss, cs) : TR_EIO;
-    sqlite3_finalize(ss);
-    sqlite3_finalize(cs);
-    if (rc || tr_sqlite_exec(e->db, "COMMIT", err, sizeof(err), e->db_path)) {
-        tr_log_error("saga: commit failed", TR_LOG_STR("reason", sqlite3_errmsg(e->db)));
-        sqlite3_exec(e->db, "ROLLBACK", NULL, NULL, NULL);
+    tr_saga_engine_t *e = c->e;
+    sqlite3 *db = e->wdb;
+    if (!e->wsaga && sqlite3_prepare_v2(db, saga_sql, -1, &e->wsaga, NULL) != SQLITE_OK)
+        e->wsaga = NULL;
+    if (!e->wcall && sqlite3_prepare_v2(db, call_sql, -1, &e->wcall, NULL) != SQLITE_OK)
+        e->wcall = NULL;
+    if (!e->wsaga || !e->wcall ||
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(c->why, sizeof(c->why), "%s", sqlite3_errmsg(db));
         return TR_EIO;
     }
-    e->fsyncs++;
-    for (size_t i = 0; i < e->nqueue; i++) {
-        saga_t *s = e->queue[i];
-        s->dirty = false;
-        s->inserted = true;
-        for (size_t k = 0; k < s->def->nsteps; k++)
-            s->action[k].dirty = s->comp[k].dirty = false;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < c->nsagas; i++)
+        rc = write_saga(e->wsaga, &c->sagas[i]);
+    for (size_t i = 0; !rc && i < c->ncalls; i++)
+        rc = write_call(e->wcall, &c->calls[i]);
+    if (rc || sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(c->why, sizeof(c->why), "%s", sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return TR_EIO;
     }
     return 0;
 }
