@@ -179,10 +179,28 @@ static void print_saga(const json_t *s)
     printf("trace: %s   (trellis trace %s)\n", str(s, "trace_id"), str(s, "trace_id"));
     size_t i;
     json_t *st;
-    json_array_foreach(json_object_get(s, "steps"), i, st)
+    const json_t *steps = json_object_get(s, "steps");
+    json_array_foreach(steps, i, st)
     {
-        printf("  %zu. %s%s\n", i + 1, str(st, "name"),
-               json_is_true(json_object_get(st, "pivot")) ? "  (pivot)" : "");
+        /* Steps of one parallel group share a number: 2a, 2b, … */
+        json_int_t g = json_integer_value(json_object_get(st, "group"));
+        const json_t *prev = i ? json_array_get(steps, i - 1) : NULL;
+        const json_t *next = json_array_get(steps, i + 1);
+        size_t nth = 0;
+        for (size_t k = i; k > 0 && json_integer_value(json_object_get(json_array_get(steps, k - 1),
+                                                                       "group")) == g;
+             k--)
+            nth++;
+        bool parallel = (prev && json_integer_value(json_object_get(prev, "group")) == g) ||
+                        (next && json_integer_value(json_object_get(next, "group")) == g);
+        char label[32];
+        if (parallel)
+            snprintf(label, sizeof(label), "%lld%c", (long long)g + 1, (char)('a' + nth % 26));
+        else
+            snprintf(label, sizeof(label), "%lld", (long long)g + 1);
+        printf("  %s. %s%s%s\n", label, str(st, "name"),
+               json_is_true(json_object_get(st, "pivot")) ? "  (pivot)" : "",
+               parallel ? "  (parallel)" : "");
         print_call("action", json_object_get(st, "action"));
         print_call("compensation", json_object_get(st, "compensation"));
     }

@@ -33,11 +33,11 @@ static void call_free(tr__saga_call_def_t *c)
     memset(c, 0, sizeof(*c));
 }
 
-/* What a template of step `at` may name: input.*, saga.id, and steps before it (or itself,
- * for a compensation). */
+/* What a template of step `at` may name: input.*, saga.id, and steps of the groups before
+ * its own (or itself, for a compensation): the steps of its group run at the same time. */
 typedef struct names_ctx_s {
     const tr__saga_def_t *def;
-    size_t at;
+    size_t at, first; /* the step, and the first step of its group */
     bool compensation;
     char bad[160];
 } names_ctx_t;
@@ -52,11 +52,14 @@ static int check_name(const char *name, size_t len, void *data)
         const char *step = name + 6, *dot = memchr(step, '.', len - 6);
         size_t slen = dot ? (size_t)(dot - step) : len - 6;
         int idx = tr__saga_def_step(c->def, step, slen);
-        if (idx >= 0 && ((size_t)idx < c->at || (c->compensation && (size_t)idx == c->at)))
+        if (idx >= 0 && ((size_t)idx < c->first || (c->compensation && (size_t)idx == c->at)))
             return 0;
         snprintf(c->bad, sizeof(c->bad),
-                 "${%.*s} names step '%.*s', which is not an earlier step%s", (int)len, name,
-                 (int)slen, step, c->compensation ? " or this one" : "");
+                 "${%.*s} names step '%.*s', which is not an earlier step%s%s", (int)len, name,
+                 (int)slen, step, c->compensation ? " or this one" : "",
+                 idx >= 0 && (size_t)idx >= c->first && (size_t)idx < c->def->steps[c->at].group_end
+                     ? " (steps of one parallel group run at the same time)"
+                     : "");
         return -1;
     }
     snprintf(c->bad, sizeof(c->bad),
@@ -82,7 +85,8 @@ static int call_compile(tr_config_t *cfg, const json_t *obj, tr__saga_def_t *def
         return tr_config_fail(cfg, obj, "service", "the service to call is required");
     if (!path || path[0] != '/')
         return tr_config_fail(cfg, obj, "path", "a path starting with '/' is required");
-    names_ctx_t nc = {.def = def, .at = at, .compensation = compensation};
+    names_ctx_t nc = {
+        .def = def, .at = at, .first = def->steps[at].group_first, .compensation = compensation};
     json_t *p = json_string(path), *body = json_object_get(obj, "body");
     int rc = tr__saga_template_names(p, check_name, &nc);
     json_decref(p);
@@ -139,6 +143,9 @@ static int step_compile(tr_config_t *cfg, const json_t *obj, tr__saga_def_t *d, 
     if (call_compile(cfg, action, d, at, false, &s->action)) return TR_ECONFIG;
     if (s->pivot && d->pivot >= 0)
         return tr_config_fail(cfg, obj, "pivot", "only one step can be the pivot");
+    if (s->pivot && s->group_end - s->group_first > 1)
+        return tr_config_fail(cfg, obj, "pivot",
+                              "the pivot must be a step of its own, not in a parallel group");
     if (comp && (d->pivot >= 0 || s->pivot))
         return tr_config_fail(
             cfg, obj, "compensation",
@@ -152,6 +159,32 @@ static int step_compile(tr_config_t *cfg, const json_t *obj, tr__saga_def_t *d, 
         free(body);
     }
     if (s->pivot) d->pivot = (int)at;
+    return 0;
+}
+
+/* One item of `steps`: a step, or {parallel: [step, …]} whose steps run at the same time.
+ * Appends its steps to d (flattened, with their group). */
+static int group_compile(tr_config_t *cfg, const json_t *item, tr__saga_def_t *d)
+{
+    static const char *const keys[] = {"parallel", NULL};
+    json_t *par = json_object_get(item, "parallel");
+    size_t n = par ? json_array_size(par) : 1, first = d->nsteps;
+    if (par && tr_config_check_keys(cfg, item, keys)) return TR_ECONFIG;
+    if (par && (!json_is_array(par) || n < 2 || n > TR_SAGA_MAX_PARALLEL))
+        return tr_config_fail(cfg, item, "parallel", "a parallel group is a list of 2 to %d steps",
+                              TR_SAGA_MAX_PARALLEL);
+    if (first + n > TR_SAGA_MAX_STEPS)
+        return tr_config_fail(cfg, item, NULL,
+                              "a saga has at most %d steps (parallel ones counted)",
+                              TR_SAGA_MAX_STEPS);
+    for (size_t k = 0; k < n; k++) {
+        d->steps[first + k].group_first = first;
+        d->steps[first + k].group_end = first + n;
+    }
+    for (size_t k = 0; k < n; k++) {
+        d->nsteps = first + k + 1; /* templates may name steps up to here (check_name says which) */
+        if (step_compile(cfg, par ? json_array_get(par, k) : item, d, first + k)) return TR_ECONFIG;
+    }
     return 0;
 }
 
@@ -183,16 +216,14 @@ int tr__saga_def_compile(tr_config_t *cfg, const char *name, const json_t *obj,
     d->pivot = -1;
     d->max_compensation_attempts = (uint32_t)maxc;
     d->max_forward_attempts = (uint32_t)maxf;
-    d->steps = tr_calloc(json_array_size(steps), sizeof(*d->steps));
+    d->steps = tr_calloc(TR_SAGA_MAX_STEPS, sizeof(*d->steps));
     d->source = json_deep_copy(obj);
     for (size_t i = 0; i < json_array_size(steps); i++) {
-        d->nsteps = i + 1; /* templates may name steps up to i (check_name says which) */
-        if (step_compile(cfg, json_array_get(steps, i), d, i)) {
+        if (group_compile(cfg, json_array_get(steps, i), d)) {
             tr__saga_def_release(d);
             return TR_ECONFIG;
         }
     }
-    d->nsteps = json_array_size(steps);
     *out = d;
     return 0;
 }

@@ -80,28 +80,58 @@ static void call_mark(saga_t *s, saga_call_t *c)
     tr__saga_mark(s);
 }
 
-/* ---- the call of the current step ---- */
+/* ---- lanes: where a step's calls are made ---- */
 
-static saga_call_t *current(saga_t *s)
+static saga_call_t *lane_call(saga_lane_t *l)
 {
-    return s->comp_phase ? &s->comp[s->cur] : &s->action[s->cur];
+    return l->comp ? &l->s->comp[l->step] : &l->s->action[l->step];
 }
 
-static const tr__saga_call_def_t *current_def(saga_t *s)
+static const tr__saga_call_def_t *lane_def(const saga_lane_t *l)
 {
-    const tr__saga_step_def_t *st = &s->def->steps[s->cur];
-    return s->comp_phase ? &st->compensation : &st->action;
+    const tr__saga_step_def_t *st = &l->s->def->steps[l->step];
+    return l->comp ? &st->compensation : &st->action;
 }
 
-/* Starts attempt n+1 of the current call: committed first, sent after the commit. */
-static void begin_attempt(saga_t *s)
+static const tr__saga_step_def_t *lane_step(const saga_lane_t *l)
 {
-    saga_call_t *c = current(s);
+    return &l->s->def->steps[l->step];
+}
+
+/* Starts attempt n+1 of the lane's call: committed first, sent after the commit. */
+static void begin_attempt(saga_lane_t *l)
+{
+    saga_call_t *c = lane_call(l);
     c->state = 'r';
     c->attempts++;
     c->started_ms = wall_ms();
-    call_mark(s, c);
-    s->send_after_commit = true;
+    l->active = true;
+    l->send = true;
+    call_mark(l->s, c);
+}
+
+/* Stops a lane's call: an answer still on its way is ignored; a call that may have been sent
+ * stays 'r' (it may have taken effect). */
+static void stop_lane(saga_lane_t *l)
+{
+    if (l->req) {
+        l->ignore_response = true;
+        tr_http_client_cancel(l->req);
+    }
+    uv_timer_stop(&l->timer);
+    saga_call_t *c = lane_call(l);
+    if (l->active && !l->comp && c->state == 'r') {
+        c->uncertain = true;
+        call_mark(l->s, c);
+    }
+    l->active = false;
+    l->send = false;
+}
+
+static void stop_lanes(saga_t *s)
+{
+    for (size_t i = 0; i < s->def->nsteps; i++)
+        stop_lane(&s->lanes[i]);
 }
 
 static void finish(saga_t *s, saga_state_t state)
@@ -131,18 +161,32 @@ static bool needs_compensation(const saga_t *s, size_t i)
     return a->state == 'd' || a->state == 'r' || (a->state == 'f' && a->uncertain);
 }
 
+/*
+ * Moves the saga on. Running: the first group with a step not done yet runs, every step of
+ * it at once (a step of its own is a group of one); when none is left the saga completed.
+ * Compensating: the compensations run one at a time, in reverse order of the steps.
+ */
 void tr__saga_advance(saga_t *s)
 {
     const tr__saga_def_t *d = s->def;
     if (s->state == SAGA_RUNNING) {
-        while (s->cur < d->nsteps && s->action[s->cur].state == 'd')
-            s->cur++;
-        if (s->cur == d->nsteps) {
-            finish(s, SAGA_COMPLETED);
-            return;
+        for (;;) {
+            if (s->cur >= d->nsteps) {
+                finish(s, SAGA_COMPLETED);
+                return;
+            }
+            size_t end = d->steps[s->cur].group_end, left = 0;
+            for (size_t i = s->cur; i < end; i++)
+                left += s->action[i].state != 'd';
+            if (left) break;
+            s->cur = end;
         }
-        s->comp_phase = false;
-        begin_attempt(s);
+        for (size_t i = s->cur; i < d->steps[s->cur].group_end; i++) {
+            saga_lane_t *l = &s->lanes[i];
+            if (s->action[i].state == 'd' || l->active) continue;
+            l->comp = false;
+            begin_attempt(l);
+        }
     } else if (s->state == SAGA_COMPENSATING) {
         size_t i = s->cur + 1;
         while (i > 0 && !needs_compensation(s, i - 1))
@@ -156,12 +200,19 @@ void tr__saga_advance(saga_t *s)
          * compensation needs that answer (an id to cancel): send the action again first —
          * the participant answers a repeated Idempotency-Key with the first result. */
         s->comp_phase = !(s->action[s->cur].state != 'd' && d->steps[s->cur].comp_uses_response);
-        begin_attempt(s);
+        saga_lane_t *l = &s->lanes[s->cur];
+        l->comp = s->comp_phase;
+        begin_attempt(l);
     }
 }
 
+/* From running: the other steps of the group stop, and every step that took effect (or may
+ * have) is compensated, from the last step of the group down. */
 static void start_compensating(saga_t *s)
 {
+    stop_lanes(s);
+    if (s->state == SAGA_RUNNING && s->cur < s->def->nsteps)
+        s->cur = s->def->steps[s->cur].group_end - 1;
     s->state = SAGA_COMPENSATING;
     tr__saga_mark(s);
     tr__saga_advance(s);
@@ -169,6 +220,7 @@ static void start_compensating(saga_t *s)
 
 static void go_stuck(saga_t *s)
 {
+    stop_lanes(s);
     s->stuck_from = s->state;
     s->state = SAGA_STUCK;
     tr__saga_mark(s);
@@ -178,36 +230,36 @@ static void go_stuck(saga_t *s)
 
 /* ---- outcomes ---- */
 
-static void attempt_counted(saga_t *s, const char *outcome)
+static void attempt_counted(saga_lane_t *l, const char *outcome)
 {
-    tr_counter_inc(tr_metric_series(s->e->attempts,
-                                    (const char *const[]){s->def->name, s->def->steps[s->cur].name,
-                                                          s->comp_phase ? "compensation" : "action",
-                                                          outcome, NULL}));
+    saga_t *s = l->s;
+    tr_counter_inc(tr_metric_series(
+        s->e->attempts, (const char *const[]){s->def->name, lane_step(l)->name,
+                                              l->comp ? "compensation" : "action", outcome, NULL}));
 }
 
 static void on_backoff(uv_timer_t *t)
 {
-    saga_t *s = t->data;
-    begin_attempt(s);
+    begin_attempt(t->data);
 }
 
 /* Full-jitter backoff from the step's base, capped at MAX_BACKOFF_MS (the resilience
  * part's formula, as the gateway and the SDK's calls use it). */
-static void retry_later(saga_t *s, uint32_t attempts)
+static void retry_later(saga_lane_t *l, uint32_t attempts)
 {
     tr_retry_policy_t p;
     tr_retry_policy_init(&p);
-    p.backoff_base_ms = s->def->steps[s->cur].backoff_ms;
+    p.backoff_base_ms = lane_step(l)->backoff_ms;
     p.backoff_max_ms = MAX_BACKOFF_MS;
     uint64_t rnd = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
-    uv_timer_start(&s->timer, on_backoff, tr_retry_backoff_ms(&p, attempts ? attempts : 1, rnd), 0);
+    uv_timer_start(&l->timer, on_backoff, tr_retry_backoff_ms(&p, attempts ? attempts : 1, rnd), 0);
 }
 
 /* A definite answer: 2xx. */
-static void succeeded(saga_t *s, int status, json_t *response)
+static void succeeded(saga_lane_t *l, int status, json_t *response)
 {
-    saga_call_t *c = current(s);
+    saga_t *s = l->s;
+    saga_call_t *c = lane_call(l);
     c->state = 'd';
     c->status = status;
     c->finished_ms = wall_ms();
@@ -215,15 +267,14 @@ static void succeeded(saga_t *s, int status, json_t *response)
     c->response = response;
     free(c->error);
     c->error = NULL;
+    l->active = false;
     call_mark(s, c);
-    attempt_counted(s, "ok");
-    if (!s->comp_phase) {
-        json_object_set(json_object_get(s->ctx, "steps"), s->def->steps[s->cur].name,
+    attempt_counted(l, "ok");
+    if (!l->comp) {
+        json_object_set(json_object_get(s->ctx, "steps"), lane_step(l)->name,
                         response ? response : json_null());
-        if (s->state == SAGA_RUNNING) { /* else: an action learnt before its compensation */
-            if (s->def->steps[s->cur].pivot) s->pivot_passed = true;
-            s->cur++;
-        }
+        /* else: an action learnt before its compensation */
+        if (s->state == SAGA_RUNNING && lane_step(l)->pivot) s->pivot_passed = true;
     }
     tr__saga_advance(s);
 }
@@ -232,19 +283,20 @@ static void succeeded(saga_t *s, int status, json_t *response)
  * A failed attempt. `retryable`: 408, 429, 5xx, timeout, no connection; `uncertain`: the call
  * may have taken effect.
  */
-static void failed(saga_t *s, int status, const char *why, bool retryable, bool uncertain)
+static void failed(saga_lane_t *l, int status, const char *why, bool retryable, bool uncertain)
 {
-    saga_call_t *c = current(s);
-    const tr__saga_step_def_t *st = &s->def->steps[s->cur];
+    saga_t *s = l->s;
+    saga_call_t *c = lane_call(l);
+    const tr__saga_step_def_t *st = lane_step(l);
     c->status = status;
     free(c->error);
     c->error = tr_strdup(why);
     c->uncertain = c->uncertain || uncertain;
     call_mark(s, c);
-    attempt_counted(s, "failed");
-    if (s->comp_phase) { /* compensations must succeed: retried until stuck */
+    attempt_counted(l, "failed");
+    if (l->comp) { /* compensations must succeed: retried until stuck */
         if (c->attempts < s->def->max_compensation_attempts) {
-            retry_later(s, c->attempts);
+            retry_later(l, c->attempts);
             return;
         }
         set_error(s, "compensation of step %s keeps failing: %s", st->name, why);
@@ -255,10 +307,11 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
         if (!retryable) { /* a definite no: it never took effect, nothing to compensate */
             c->state = 'f';
             c->uncertain = false;
+            l->active = false;
             call_mark(s, c);
             tr__saga_advance(s);
         } else if (c->attempts < st->attempts + s->def->max_compensation_attempts) {
-            retry_later(s, c->attempts);
+            retry_later(l, c->attempts);
         } else {
             set_error(s, "step %s: its answer cannot be learnt for its compensation: %s", st->name,
                       why);
@@ -268,7 +321,7 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
     }
     if (s->pivot_passed) { /* after the pivot: forward only */
         if (c->attempts < s->def->max_forward_attempts) {
-            retry_later(s, c->attempts);
+            retry_later(l, c->attempts);
             return;
         }
         set_error(s, "step %s (after the pivot) keeps failing: %s", st->name, why);
@@ -276,7 +329,7 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
         return;
     }
     if (retryable && c->attempts < st->attempts) {
-        retry_later(s, c->attempts);
+        retry_later(l, c->attempts);
         return;
     }
     if (st->pivot && retryable) {
@@ -284,7 +337,7 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
          * steps before it could leave money taken for an order undone. Its outcome must be
          * known first: it is retried with the same key until a definite answer, or stuck. */
         if (c->attempts < s->def->max_forward_attempts) {
-            retry_later(s, c->attempts);
+            retry_later(l, c->attempts);
             return;
         }
         set_error(s, "the pivot step %s has no definite answer: %s", st->name, why);
@@ -293,28 +346,29 @@ static void failed(saga_t *s, int status, const char *why, bool retryable, bool 
     }
     c->state = 'f';
     c->finished_ms = wall_ms();
+    l->active = false;
     set_error(s, "step %s failed: %s", st->name, why);
     start_compensating(s);
 }
 
 /* ---- sending ---- */
 
-static void client_span(saga_t *s, int status, const char *error)
+static void client_span(saga_lane_t *l, int status, const char *error)
 {
+    saga_t *s = l->s;
     if (!s->e->spans.emit) return;
     char name[128];
-    snprintf(name, sizeof(name), "saga %s %s %s", s->def->name, s->def->steps[s->cur].name,
-             s->comp_phase ? "compensation" : "action");
-    const tr__saga_call_def_t *cd = current_def(s);
+    snprintf(name, sizeof(name), "saga %s %s %s", s->def->name, lane_step(l)->name,
+             l->comp ? "compensation" : "action");
     tr_attr_t attrs[4] = {
         {.key = "saga.id", .type = TR_ATTR_STRING, .v.s = s->id},
-        {.key = "peer.service", .type = TR_ATTR_STRING, .v.s = cd->service},
+        {.key = "peer.service", .type = TR_ATTR_STRING, .v.s = lane_def(l)->service},
         {.key = "http.response.status_code", .type = TR_ATTR_INT, .v.i = status},
         {.key = "correlation_id", .type = TR_ATTR_STRING, .v.s = s->id},
     };
     tr_span_t sp = {.name = name,
                     .kind = TR_SPAN_CLIENT,
-                    .start_ns = s->attempt_ns,
+                    .start_ns = l->attempt_ns,
                     .end_ns = wall_ns(),
                     .status = error ? TR_STATUS_ERROR : TR_STATUS_UNSET,
                     .status_message = error,
@@ -322,7 +376,7 @@ static void client_span(saga_t *s, int status, const char *error)
                     .attrs = attrs,
                     .nattrs = 4};
     memcpy(sp.trace_id, s->trace_id, 16);
-    memcpy(sp.span_id, s->span_id, 8);
+    memcpy(sp.span_id, l->span_id, 8);
     memcpy(sp.parent_span_id, s->root_span, 8);
     s->e->spans.emit(s->e->spans.data, &sp);
 }
@@ -335,17 +389,17 @@ static json_t *parse_body(const char *body, size_t len)
 
 static void on_response(tr_http_client_req_t *req, int err, const tr_http_client_response_t *res)
 {
-    saga_t *s = tr_http_client_req_data(req);
-    s->req = NULL;
-    if (s->ep) tr_discovery_done(s->ep);
-    s->ep = NULL;
-    if (s->timed_out) err = TR_ERESPONSE_TIMEOUT;
-    if (s->closing) return;
-    if (s->ignore_response) { /* the saga moved on (abort): this call's result is moot */
-        s->ignore_response = false;
+    saga_lane_t *l = tr_http_client_req_data(req);
+    l->req = NULL;
+    if (l->ep) tr_discovery_done(l->ep);
+    l->ep = NULL;
+    if (l->timed_out) err = TR_ERESPONSE_TIMEOUT;
+    if (l->s->closing) return;
+    if (l->ignore_response) { /* the saga moved on (abort, a sibling failed): moot */
+        l->ignore_response = false;
         return;
     }
-    uv_timer_stop(&s->timer);
+    uv_timer_stop(&l->timer);
     int status = err ? 0 : res->status;
     char why[256];
     if (err)
@@ -353,74 +407,76 @@ static void on_response(tr_http_client_req_t *req, int err, const tr_http_client
     else
         snprintf(why, sizeof(why), "HTTP %d: %.*s", status,
                  (int)(res->body_len < 200 ? res->body_len : 200), res->body ? res->body : "");
-    client_span(s, status, status >= 200 && status < 300 ? NULL : why);
+    client_span(l, status, status >= 200 && status < 300 ? NULL : why);
     if (!err && status >= 200 && status < 300) {
-        succeeded(s, status, parse_body(res->body, res->body_len));
+        succeeded(l, status, parse_body(res->body, res->body_len));
         return;
     }
     bool retryable = err || status == 408 || status == 429 || status >= 500;
     /* A 4xx is a definite no; anything else may or may not have taken effect. */
     bool uncertain = retryable && (!err || tr_http_client_request_sent(req));
-    failed(s, status, why, retryable, uncertain);
+    failed(l, status, why, retryable, uncertain);
 }
 
 static void on_deadline(uv_timer_t *t)
 {
-    saga_t *s = t->data;
-    s->timed_out = true;
-    if (s->req) tr_http_client_cancel(s->req);
+    saga_lane_t *l = t->data;
+    l->timed_out = true;
+    if (l->req) tr_http_client_cancel(l->req);
 }
 
-static void send_call(saga_t *s);
+static void send_call(saga_lane_t *l);
 
 static void on_discovery_wait(uv_timer_t *t)
 {
     send_call(t->data);
 }
 
-/* A passing instance of `service` into s->ep; 1 when the watch is not ready yet, -1 when
+/* A passing instance of `service` into l->ep; 1 when the watch is not ready yet, -1 when
  * there is none. */
-static int pick(saga_t *s, const char *service)
+static int pick(saga_lane_t *l, const char *service)
 {
     tr_discovery_watch_t *w = NULL;
-    if (!s->e->discovery || tr_discovery_watch(s->e->discovery, service, &w)) return -1;
+    tr_saga_engine_t *e = l->s->e;
+    if (!e->discovery || tr_discovery_watch(e->discovery, service, &w)) return -1;
     if (!tr_discovery_ready(w)) return 1;
-    return tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &s->ep) ? -1 : 0;
+    return tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &l->ep) ? -1 : 0;
 }
 
-static void send_call(saga_t *s)
+static void send_call(saga_lane_t *l)
 {
-    const tr__saga_call_def_t *cd = current_def(s);
+    saga_t *s = l->s;
+    const tr__saga_call_def_t *cd = lane_def(l);
     char err[256];
     char *path = tr__saga_render_text(cd->path, s->ctx, true, err, sizeof(err));
     json_t *body = path && cd->body ? tr__saga_render(cd->body, s->ctx, err, sizeof(err)) : NULL;
     if (!path || (cd->body && !body)) { /* the definition names what is not there: no retry */
         free(path);
-        failed(s, 0, err, false, false);
+        failed(l, 0, err, false, false);
         return;
     }
-    int found = pick(s, cd->service);
-    if (found == 1 && s->discovery_waits++ < DISCOVERY_WAITS) {
+    int found = pick(l, cd->service);
+    if (found == 1 && l->discovery_waits++ < DISCOVERY_WAITS) {
         free(path);
         json_decref(body);
-        uv_timer_start(&s->timer, on_discovery_wait, DISCOVERY_WAIT_MS, 0);
+        uv_timer_start(&l->timer, on_discovery_wait, DISCOVERY_WAIT_MS, 0);
         return;
     }
-    s->discovery_waits = 0;
+    l->discovery_waits = 0;
     if (found) {
         free(path);
         json_decref(body);
         snprintf(err, sizeof(err), "no passing instance of service '%s'", cd->service);
-        failed(s, 0, err, true, false);
+        failed(l, 0, err, true, false);
         return;
     }
     char key[160], traceparent[56];
-    snprintf(key, sizeof(key), "%s:%s:%s", s->id, s->def->steps[s->cur].name,
-             s->comp_phase ? "compensation" : "action");
+    snprintf(key, sizeof(key), "%s:%s:%s", s->id, lane_step(l)->name,
+             l->comp ? "compensation" : "action");
     tr_trace_ctx_t tc = {.flags = TR_TRACE_FLAG_SAMPLED};
     memcpy(tc.trace_id, s->trace_id, 16);
     tr_trace_new_ids(&tc, false);
-    memcpy(s->span_id, tc.span_id, 8);
+    memcpy(l->span_id, tc.span_id, 8);
     tr_trace_format_traceparent(&tc, traceparent);
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     json_decref(body);
@@ -439,27 +495,29 @@ static void send_call(saga_t *s)
                                    .body = text,
                                    .body_len = text ? strlen(text) : 0,
                                    .flags = TR_HTTP_CLIENT_NO_RETRY,
-                                   .data = s};
-    s->timed_out = false;
-    s->attempt_ns = wall_ns();
-    int rc = tr_http_client_fetch(s->e->client, &s->ep->http, &rq, on_response, &s->req);
+                                   .data = l};
+    l->timed_out = false;
+    l->attempt_ns = wall_ns();
+    int rc = tr_http_client_fetch(s->e->client, &l->ep->http, &rq, on_response, &l->req);
     free(text);
     free(path);
     if (rc) {
-        tr_discovery_done(s->ep);
-        s->ep = NULL;
-        failed(s, 0, tr_strerror(rc), true, false);
+        tr_discovery_done(l->ep);
+        l->ep = NULL;
+        failed(l, 0, tr_strerror(rc), true, false);
         return;
     }
-    uv_timer_start(&s->timer, on_deadline, s->def->steps[s->cur].timeout_ms, 0);
+    uv_timer_start(&l->timer, on_deadline, lane_step(l)->timeout_ms, 0);
 }
 
 /* ---- after a commit: the announced effects ---- */
 
-static void on_saga_closed(uv_handle_t *h)
+static void on_lane_closed(uv_handle_t *h)
 {
-    saga_t *s = h->data;
+    saga_lane_t *l = h->data;
+    saga_t *s = l->s;
     tr_saga_engine_t *e = s->e;
+    if (--s->open_timers > 0) return;
     for (size_t i = 0; i < s->def->nsteps; i++) {
         free(s->action[i].error);
         free(s->comp[i].error);
@@ -468,6 +526,7 @@ static void on_saga_closed(uv_handle_t *h)
     }
     free(s->action);
     free(s->comp);
+    free(s->lanes);
     free(s->error);
     free(s->idem_key);
     json_decref(s->ctx);
@@ -522,6 +581,13 @@ static void answer_waiters(saga_t *s, bool ended, bool stuck)
     }
 }
 
+/* Closes the saga's lanes; the last one frees it. */
+static void saga_close(saga_t *s)
+{
+    for (size_t i = 0; i < s->def->nsteps; i++)
+        uv_close((uv_handle_t *)&s->lanes[i].timer, on_lane_closed);
+}
+
 /* The effects a commit announced, now that it is durable. */
 static void after_commit(const tr__saga_done_t *d)
 {
@@ -530,14 +596,17 @@ static void after_commit(const tr__saga_done_t *d)
     if (d->ended) {
         root_span(s);
         tr_map_del(&s->e->sagas, s->id);
-        uv_close((uv_handle_t *)&s->timer, on_saga_closed);
+        saga_close(s);
         return;
     }
-    if (!d->send) return;
-    if (s->queued)
-        s->send_after_commit = true; /* it moved on meanwhile: send once that is written */
-    else if (s->state == SAGA_RUNNING || s->state == SAGA_COMPENSATING)
-        send_call(s);
+    for (size_t i = 0; i < s->def->nsteps; i++) {
+        saga_lane_t *l = &s->lanes[i];
+        if (!(d->send & (1ull << i)) || !l->active) continue; /* stopped meanwhile */
+        if (s->queued)
+            l->send = true; /* the saga moved on meanwhile: send once that is written */
+        else if (s->state == SAGA_RUNNING || s->state == SAGA_COMPENSATING)
+            send_call(l);
+    }
 }
 
 static void on_retry_flush(uv_timer_t *t);
@@ -652,8 +721,15 @@ saga_t *tr__saga_new(tr_saga_engine_t *e, tr__saga_def_t *def, json_t *input, co
     s->idem_key = idem_key ? tr_strdup(idem_key) : NULL;
     s->created_ms = s->updated_ms = wall_ms();
     s->ctx = json_pack("{sO,s{},s{ss}}", "input", input, "steps", "saga", "id", s->id);
-    uv_timer_init(e->loop, &s->timer);
-    s->timer.data = s;
+    s->lanes = tr_calloc(def->nsteps, sizeof(*s->lanes));
+    for (size_t i = 0; i < def->nsteps; i++) {
+        saga_lane_t *l = &s->lanes[i];
+        l->s = s;
+        l->step = i;
+        uv_timer_init(e->loop, &l->timer);
+        l->timer.data = l;
+    }
+    s->open_timers = def->nsteps;
     e->open_handles++;
     tr_map_put(&e->sagas, s->id, s);
     return s;
@@ -699,33 +775,34 @@ int tr__saga_retry(saga_t *s)
 {
     if (s->state != SAGA_STUCK) return TR_ESTATE;
     s->state = s->stuck_from;
-    saga_call_t *c = current(s);
-    c->attempts = 0; /* a fresh allowance of attempts */
-    call_mark(s, c);
+    /* A fresh allowance of attempts for what was being worked on: the steps of the group not
+     * done yet, or the compensation (or the action whose answer it needs). */
+    size_t from = s->cur, to = s->cur + 1;
+    if (s->state == SAGA_RUNNING && s->cur < s->def->nsteps) to = s->def->steps[s->cur].group_end;
+    for (size_t i = from; i < to && i < s->def->nsteps; i++) {
+        saga_call_t *c = s->state == SAGA_RUNNING || !s->comp_phase ? &s->action[i] : &s->comp[i];
+        if (c->state == 'd') continue;
+        c->attempts = 0;
+        call_mark(s, c);
+    }
     tr_log_info("saga retried by an operator", TR_LOG_STR("saga", s->id));
-    begin_attempt(s);
+    tr__saga_advance(s);
     return 0;
 }
 
 int tr__saga_abort(saga_t *s)
 {
     if (s->state == SAGA_STUCK) {
-        uv_timer_stop(&s->timer);
+        stop_lanes(s);
         free(s->error);
         s->error = tr_strdup("aborted by an operator while stuck");
         finish(s, SAGA_ABORTED);
         return 0;
     }
     if (s->state != SAGA_RUNNING || s->pivot_passed) return TR_ESTATE;
-    /* The call in flight is cancelled; compensation covers it (uncertain). */
-    if (s->req) {
-        s->ignore_response = true;
-        tr_http_client_cancel(s->req);
-    }
-    uv_timer_stop(&s->timer);
+    /* The calls in flight are cancelled; compensation covers them (uncertain). */
     free(s->error);
     s->error = tr_strdup("aborted by an operator");
-    if (s->action[s->cur].state == 'r') s->action[s->cur].uncertain = true;
     start_compensating(s);
     return 0;
 }
@@ -884,9 +961,10 @@ void tr_saga_engine_close(tr_saga_engine_t *e, void (*done)(void *data), void *d
     while (tr_map_next(&e->sagas, &pos, &k, &v)) {
         saga_t *s = v;
         s->closing = true;
-        if (s->req) tr_http_client_cancel(s->req);
+        for (size_t i = 0; i < s->def->nsteps; i++)
+            if (s->lanes[i].req) tr_http_client_cancel(s->lanes[i].req);
         answer_waiters(s, true, false);
-        uv_close((uv_handle_t *)&s->timer, on_saga_closed);
+        saga_close(s);
     }
     tr_discovery_close(e->discovery, NULL);
     tr_http_client_close(e->client, NULL);

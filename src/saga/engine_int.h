@@ -44,22 +44,16 @@ typedef struct saga_call_s {
 } saga_call_t;
 
 typedef struct saga_waiter_s saga_waiter_t;
+struct saga_s;
 
-typedef struct saga_s {
-    struct tr_saga_engine_s *e;
-    char id[33];
-    tr__saga_def_t *def;
-    json_t *ctx; /* {"input":…, "steps":{name: response}, "saga":{"id":…}} */
-    saga_state_t state, stuck_from;
-    size_t cur; /* the step being worked on */
-    bool pivot_passed;
-    char *error;    /* why it compensates / is stuck */
-    char *idem_key; /* of the start request, or NULL */
-    uint8_t trace_id[16], root_span[8];
-    uint64_t created_ms, updated_ms;
-    saga_call_t *action, *comp; /* per step */
-    /* the call in flight */
-    bool comp_phase; /* the call in flight (or being retried) is a compensation */
+/* Where one step's calls are made: the steps of a parallel group each have a lane busy at
+ * the same time; otherwise one lane works at a time. */
+typedef struct saga_lane_s {
+    struct saga_s *s;
+    size_t step;
+    bool comp;   /* the lane's call is the step's compensation (else its action) */
+    bool active; /* between the start of its call and its outcome (retries included) */
+    bool send;   /* its call is sent after the next commit */
     tr_http_client_req_t *req;
     tr_endpoint_t *ep;
     uv_timer_t timer; /* attempt deadline, backoff, discovery wait */
@@ -67,8 +61,28 @@ typedef struct saga_s {
     uint64_t attempt_ns;
     uint8_t span_id[8];
     uint32_t discovery_waits;
+} saga_lane_t;
+
+typedef struct saga_s {
+    struct tr_saga_engine_s *e;
+    char id[33];
+    tr__saga_def_t *def;
+    json_t *ctx; /* {"input":…, "steps":{name: response}, "saga":{"id":…}} */
+    saga_state_t state, stuck_from;
+    /* running: the first step of the group being worked on; compensating: the step whose
+     * compensation (or action, to learn its answer: comp_phase false) is being worked on */
+    size_t cur;
+    bool comp_phase;
+    bool pivot_passed;
+    char *error;    /* why it compensates / is stuck */
+    char *idem_key; /* of the start request, or NULL */
+    uint8_t trace_id[16], root_span[8];
+    uint64_t created_ms, updated_ms;
+    saga_call_t *action, *comp; /* per step */
+    saga_lane_t *lanes;         /* per step */
+    size_t open_timers;         /* lane timers not closed yet */
     /* group commit */
-    bool dirty, queued, send_after_commit, inserted;
+    bool dirty, queued, inserted;
     saga_waiter_t *waiters;
     bool closing;
 } saga_t;
@@ -85,9 +99,9 @@ struct saga_waiter_s {
 /* A saga of a group commit and what its commit announces. */
 typedef struct tr__saga_done_s {
     saga_t *saga;
-    bool send;  /* its call is sent once the commit is done */
-    bool ended; /* it ended in this commit */
-    bool stuck; /* it is stuck in this commit */
+    uint64_t send; /* the lanes (bit = step) whose calls are sent once the commit is done */
+    bool ended;    /* it ended in this commit */
+    bool stuck;    /* it is stuck in this commit */
 } tr__saga_done_t;
 
 /* A group commit: rows copied from the sagas on the loop, written on a thread-pool thread. */

@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TR_SAGA_MAX_STEPS 64
+#define TR_SAGA_MAX_STEPS    64 /* after parallel groups are flattened */
+#define TR_SAGA_MAX_PARALLEL 16 /* steps in one parallel group */
 
 /* One HTTP call of a step: to a service found through discovery. */
 typedef struct tr__saga_call_def_s {
@@ -28,6 +29,9 @@ typedef struct tr__saga_step_def_s {
     uint64_t timeout_ms;     /* per attempt */
     uint32_t attempts;       /* before the step counts as failed (before the pivot) */
     uint64_t backoff_ms;     /* first retry delay, doubled per retry, full jitter */
+    /* The group the step runs in: steps [group_first, group_end) run at the same time (a
+     * `parallel:` group); a step of its own is a group of one. */
+    size_t group_first, group_end;
 } tr__saga_step_def_t;
 
 typedef struct tr__saga_def_s {

@@ -189,11 +189,15 @@ tr__saga_commit_t *tr__saga_store_snapshot(tr_saga_engine_t *e)
     c->calls = tr_malloc((ncalls ? ncalls : 1) * sizeof(*c->calls));
     for (size_t i = 0; i < c->n; i++) {
         saga_t *s = e->queue[i];
+        uint64_t send = 0;
+        for (size_t k = 0; k < s->def->nsteps; k++) {
+            if (s->lanes[k].send) send |= 1ull << k;
+            s->lanes[k].send = false;
+        }
         c->batch[i] = (tr__saga_done_t){.saga = s,
-                                        .send = s->send_after_commit,
+                                        .send = send,
                                         .ended = tr__saga_ended(s->state),
                                         .stuck = s->state == SAGA_STUCK};
-        s->send_after_commit = false;
         s->queued = false;
         if (!s->dirty) continue;
         saga_row_t *r = &c->sagas[c->nsagas++];
@@ -420,14 +424,23 @@ static json_t *call_json(sqlite3_stmt *st)
 
 static json_t *steps_json(tr_saga_engine_t *e, const char *id, const json_t *def)
 {
-    json_t *steps = json_array(), *sd;
+    json_t *steps = json_array(), *item;
     size_t i;
-    json_array_foreach(json_object_get(def, "steps"), i, sd)
+    /* The definition's steps flattened as the engine numbers them; `group` is the position of
+     * the step's item in the definition (the steps of a parallel group share it). */
+    json_array_foreach(json_object_get(def, "steps"), i, item)
     {
-        json_array_append_new(
-            steps, json_pack("{s:O?,s:b,s:o,s:o}", "name", json_object_get(sd, "name"), "pivot",
-                             json_is_true(json_object_get(sd, "pivot")), "action",
-                             json_pack("{ss}", "state", "pending"), "compensation", json_null()));
+        const json_t *par = json_object_get(item, "parallel");
+        size_t n = json_is_array(par) ? json_array_size(par) : 1;
+        for (size_t k = 0; k < n; k++) {
+            const json_t *sd = json_is_array(par) ? json_array_get(par, k) : item;
+            json_array_append_new(steps,
+                                  json_pack("{s:O?,s:I,s:b,s:o,s:o}", "name",
+                                            json_object_get(sd, "name"), "group", (json_int_t)i,
+                                            "pivot", json_is_true(json_object_get(sd, "pivot")),
+                                            "action", json_pack("{ss}", "state", "pending"),
+                                            "compensation", json_null()));
+        }
     }
     sqlite3_stmt *st = prepare(e, "SELECT step, phase, state, uncertain, attempts, status, error,"
                                   " response_json, started_ms, finished_ms FROM saga_call"

@@ -1,6 +1,7 @@
 // Sagas in `trellis up` (docs/sagas.md): steps over HTTP to services found in the registry,
 // compensation in reverse order, retries, the pivot, stuck → retry/abort, idempotent starts,
-// bad input, and durability: a saga in flight survives SIGKILL of `trellis up`.
+// bad input, parallel step groups, and durability: a saga in flight survives SIGKILL of
+// `trellis up`.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -17,6 +18,7 @@ function participant() {
   const calls = [];
   const failures = new Map();
   const onceIds = new Map();
+  const barriers = new Map();
   let next = 1;
   const server = http.createServer((req, res) => {
     let body = '';
@@ -36,6 +38,14 @@ function participant() {
         return seen < Number(p[2]) ? send(503, { error: 'flaky' }) : send(200, { id: next++, key: p[1] });
       }
       if (p[0] === 'slow') return setTimeout(() => send(200, { id: next++ }), Number(p[1]));
+      if (p[0] === 'barrier') { // /barrier/<key>/<n>: answers once n calls with the key are here (5 s at most)
+        const b = barriers.get(p[1]) || { waiting: [] };
+        barriers.set(p[1], b);
+        b.waiting.push(() => send(200, { id: next++, barrier: p[1] }));
+        if (b.waiting.length >= Number(p[2])) b.waiting.splice(0).forEach((f) => f());
+        else setTimeout(() => { const i = b.waiting.length; if (i) b.waiting.splice(0).forEach(() => send(504, { error: 'the others never came' })); }, 5000);
+        return undefined;
+      }
       if (p[0] === 'slowonce') { // takes effect at once, answers slowly; a repeat of its key answers at once
         const key = req.headers['idempotency-key'];
         if (onceIds.has(key)) return send(200, { id: onceIds.get(key) });
@@ -84,6 +94,23 @@ const SAGAS = {
   ] },
   learn: { steps: [
     step('a', { path: '/slowonce/1500' }, { path: '/undo/a/${steps.a.id}' }, { timeout: '300ms', retry: { attempts: 1, backoff: '10ms' } }),
+  ] },
+  parallel: { steps: [
+    step('a', { path: '/a' }, { path: '/undo/a' }),
+    { parallel: [
+      step('b1', { path: '/barrier/${input.key}/2' }, { path: '/undo/b1/${steps.b1.id}' }, { timeout: '8s', retry: { attempts: 1 } }),
+      step('b2', { path: '/barrier/${input.key}/2' }, { path: '/undo/b2' }, { timeout: '8s', retry: { attempts: 1 } }),
+    ] },
+    step('c', { path: '/c/${steps.b1.id}/${steps.b2.id}' }),
+  ] },
+  parfail: { steps: [
+    step('a', { path: '/a' }, { path: '/undo/a' }),
+    { parallel: [
+      step('x', { path: '/fail/409' }, { path: '/undo/x' }),
+      step('y', { path: '/slow/8000' }, { path: '/undo/y' }, { timeout: '20s' }),
+      step('z', { path: '/z' }, { path: '/undo/z' }),
+    ] },
+    step('never', { path: '/never' }),
   ] },
   slow: { steps: [
     step('a', { path: '/a' }, { path: '/undo/a' }),
@@ -243,6 +270,60 @@ describe('sagas in trellis up', () => {
     const s = await until(async () => { const x = await get(id); return x.state === 'compensated' ? x : undefined; }, { timeout: ms(10000), what: 'compensated' });
     assert.equal(s.error, 'aborted by an operator');
     assert.equal(s.steps[1].compensation.state, 'done', 'the step in flight is compensated');
+  });
+
+  test('a parallel group runs its steps at the same time; later steps see every answer', async () => {
+    // Each step of the group answers only once the other has arrived: one after the other,
+    // neither would ever answer (504 after 5 s), and the saga would compensate.
+    const r = await start('parallel', { key: `par-${Date.now()}` }, { wait: '20s' });
+    assert.equal(r.status, 200, r.text);
+    const s = r.json;
+    assert.equal(s.state, 'completed', s.error);
+    assert.deepEqual(s.steps.map((x) => [x.name, x.group, x.action.state]),
+      [['a', 0, 'done'], ['b1', 1, 'done'], ['b2', 1, 'done'], ['c', 2, 'done']]);
+    assert.equal(part.byKey(`${s.id}:b1:action`).length, 1);
+    assert.equal(part.byKey(`${s.id}:b2:action`).length, 1, 'each step its own key');
+    const [b1, b2] = [s.steps[1].action.response.id, s.steps[2].action.response.id];
+    assert.equal(part.byKey(`${s.id}:c:action`)[0].path, `/c/${b1}/${b2}`);
+    const show = spawnSync(BIN, ['saga', 'show', s.id, '--url', up.apiUrl], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(show.status, 0, show.stderr);
+    assert.match(show.stdout, /2a\. b1\s+\(parallel\)/);
+    assert.match(show.stdout, /2b\. b2\s+\(parallel\)/);
+    assert.match(show.stdout, /3\. c\n/);
+  });
+
+  test('a step of a parallel group says no: its siblings stop, and what took effect is undone in reverse', async () => {
+    const r = await start('parfail', {}, { wait: '6s' });
+    assert.equal(r.status, 200, `ended without waiting for the slow sibling: ${r.text}`);
+    const s = r.json;
+    assert.equal(s.state, 'compensated');
+    assert.match(s.error, /step x failed: HTTP 409/);
+    const undo = (n) => part.byKey(`${s.id}:${n}:compensation`);
+    assert.equal(undo('x').length, 0, 'the step that said no took no effect');
+    assert.equal(undo('y').length, 1, 'the sibling still in flight may have taken effect: undone');
+    assert.equal(undo('a').length, 1);
+    assert.equal(part.byKey(`${s.id}:never:action`).length, 0);
+    const order = ['z', 'y', 'a'].filter((n) => undo(n).length).map((n) => part.calls.indexOf(undo(n)[0]));
+    assert.deepEqual([...order].sort((p, q) => p - q), order, 'reverse order of the steps: z (if it took effect), y, a');
+    assert.equal(s.steps[2].action.uncertain, true, 'y was stopped in flight');
+  });
+
+  test('parallel groups are checked: 2+ steps, no pivot inside, no sibling in a template', async () => {
+    const put = (def) => up.api('/api/saga-definitions/pbad', { method: 'PUT', body: JSON.stringify(def) });
+    const one = step('s1', { path: '/a' });
+    const cases = [
+      [{ steps: [{ parallel: [one] }] }, /2 to 16 steps/],
+      [{ steps: [{ parallel: [one, step('s2', { path: '/b/${steps.s1.id}' })] }] }, /run at the same time/],
+      [{ steps: [{ parallel: [one, step('s2', { path: '/b' }, null, { pivot: true })] }] }, /pivot must be a step of its own/],
+      [{ steps: [{ parallel: [one, step('s1', { path: '/b' })] }] }, /defined twice/],
+    ];
+    for (const [def, re] of cases) {
+      const r = await put(def);
+      assert.equal(r.status, 422, r.text);
+      assert.match(r.json.detail, re);
+    }
+    const ok = await put({ steps: [{ parallel: [one, step('s2', { path: '/b' })] }, step('s3', { path: '/c/${steps.s2.id}' })] });
+    assert.ok(ok.status === 200 || ok.status === 201, ok.text);
   });
 
   test('starts are idempotent by Idempotency-Key; ?wait answers 202 when the saga is still going', async () => {

@@ -66,8 +66,12 @@ const svc = (service, method, p, body) => ({ service, method, path: p, ...(body 
 const CREATE_ORDER = {
   max_compensation_attempts: 1000,
   steps: [
-    { name: 'order', action: svc('shop', 'POST', '/orders', { n: '${input.n}' }), compensation: svc('shop', 'POST', '/orders/${saga.id}/cancel'), retry: { attempts: 5, backoff: '20ms' } },
-    { name: 'reserve', action: svc('shop', 'POST', '/reserve'), compensation: svc('shop', 'DELETE', '/reserve/${saga.id}'), retry: { attempts: 5, backoff: '20ms' } },
+    // The order and the reservation at the same time (a parallel group): a kill can catch
+    // both in flight, and both are sent again.
+    { parallel: [
+      { name: 'order', action: svc('shop', 'POST', '/orders', { n: '${input.n}' }), compensation: svc('shop', 'POST', '/orders/${saga.id}/cancel'), retry: { attempts: 5, backoff: '20ms' } },
+      { name: 'reserve', action: svc('shop', 'POST', '/reserve'), compensation: svc('shop', 'DELETE', '/reserve/${saga.id}'), retry: { attempts: 5, backoff: '20ms' } },
+    ] },
     { name: 'charge', pivot: true, action: svc('shop', 'POST', '/charge', { decline: '${input.decline}' }), retry: { attempts: 5, backoff: '20ms' } },
     { name: 'confirm', action: svc('shop', 'POST', '/orders/${saga.id}/confirm'), retry: { attempts: 5, backoff: '20ms' } },
   ],
