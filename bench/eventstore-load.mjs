@@ -6,7 +6,9 @@ import http from 'node:http';
 import net from 'node:net';
 
 const [base, mode, ...rest] = process.argv.slice(2);
-const opt = { depth: 1, batch: 1, page: 1000, seconds: 10, connections: 32, streams: 1000 };
+// --floor 1: POST the same bodies to `trellis echo`'s /status/201 (no store): the cost of
+// the HTTP exchange alone, the floor under a single-event append.
+const opt = { depth: 1, batch: 1, page: 1000, seconds: 10, connections: 32, streams: 1000, floor: 0 };
 for (let i = 0; i < rest.length; i += 2) opt[rest[i].replace(/^--/, '')] = Number(rest[i + 1]);
 if (!base || !['append', 'read'].includes(mode)) {
   console.error('usage: eventstore-load.mjs BASE_URL append|read [--batch N] [--page N] [--seconds S] [--connections C]');
@@ -52,7 +54,7 @@ function appendConn(deadline, stats, worker) {
     const sendOne = () => {
       const stream = `bench-${(worker * 7919 + i++) % opt.streams}`;
       inFlight++;
-      sock.write(`POST /api/streams/${stream} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      sock.write(`POST ${opt.floor ? '/status/201' : `/api/streams/${stream}`} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
         `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     };
     const fill = () => { while (inFlight < opt.depth && Date.now() < deadline) sendOne(); };

@@ -3,7 +3,8 @@
 # bench/eventstore-load.mjs on core 1. Phases: appends of single events, appends of batches
 # of 100 (both with --sync normal, then again with --sync full), and reads of $all in pages
 # of 1000. Prints events/s, the ratio to each goal, the store's CPU per event, and the
-# fsyncs of the store (counted with `perf stat` syscall tracepoints when perf works).
+# fsyncs of the store (counted with `perf stat` syscall tracepoints when perf works). Last,
+# the floor: the same single-event requests answered by `trellis echo` without a store.
 # Usage: bench/eventstore.sh [--seconds 10] [--connections 64]
 #        (TRELLIS_BIN defaults to build/trellis)
 set -euo pipefail
@@ -92,3 +93,16 @@ phase "read \$all, pages of 1000" "$READ_GOAL" read --page 1000 --connections 4
 start_store "$WORK/full" full
 phase "append 1 event/req, sync=full" "$APPEND_GOAL" append --batch 1 --connections "$CONNS"
 phase "append 100 events/req, sync=full" "$APPEND_GOAL" append --batch 100 --connections 16
+
+# The floor under single-event appends: the same requests answered 201 by `trellis echo`
+# (one worker, on the store's core) without storing anything.
+kill "$PID"; wait "$PID" 2>/dev/null || true
+$SERVER_CORE "$TRELLIS" echo --listen 127.0.0.1:0 --workers 1 --log-format json 2> "$WORK/store.log" &
+PID=$!
+ADDR=""
+for _ in $(seq 1 200); do
+  ADDR=$(grep -o '"addr":"[^"]*"' "$WORK/store.log" 2>/dev/null | tail -1 | cut -d'"' -f4 || true)
+  [ -n "$ADDR" ] && break
+  sleep 0.05
+done
+[ -n "$ADDR" ] && phase "HTTP floor: trellis echo 201" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --floor 1
