@@ -538,7 +538,7 @@ static bool apply_append(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
     stmts_t *st = &priv(s)->st;
     stream_state_t ss;
     if (!stream_get(st->w[W_STREAM_GET], w->stream, &ss)) return false;
-    int r = check_repeat(st, w, ss.version);
+    int r = w->ids_made ? 0 : check_repeat(st, w, ss.version);
     if (r == -2) return false;
     if (r != 0 || !check_expected(w, &ss)) return true;
     size_t n = json_array_size(w->events);
@@ -1165,6 +1165,7 @@ static int check_event(json_t *ev, size_t i, char *detail, size_t len)
 static bool duplicate_ids(json_t *events, size_t *at)
 {
     size_t n = json_array_size(events);
+    if (n < 2) return false;
     json_t *seen = json_object();
     bool dup = false;
     for (size_t i = 0; i < n && !dup; i++) {

@@ -85,6 +85,7 @@ struct tr_es_write_s {
     const char *text;              /* TR_ES_OP_SUB_*: see the ops */
     int64_t at, attempts;
     bool dead_letter_done;
+    bool ids_made; /* append: the store made every id (no idempotency lookup needed) */
     tr_es_write_cb cb;
     void *data;
     /* Results. status: 201 appended, 200 idempotent repeat or done, 409 wrong expected
