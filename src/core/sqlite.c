@@ -3,7 +3,13 @@
 #include "trellis/error.h"
 #include "trellis/log.h"
 
+#include "core/mem.h"
+
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 
 int tr_sqlite_exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *path)
 {
@@ -61,4 +67,108 @@ int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
                     TR_LOG_INT("version", v + 1));
     }
     return 0;
+}
+
+/* ---- the checkpointer ---- */
+
+struct tr_sqlite_checkpointer_s {
+    sqlite3 *writer, *db;
+    int pages;
+    unsigned gap_ms;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool wanted, stop;
+};
+
+/* The writer's WAL hook, after each of its commits (on the writer's thread): cheap. */
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db, (void)name;
+    tr_sqlite_checkpointer_t *c = arg;
+    if (pages < c->pages) return SQLITE_OK;
+    pthread_mutex_lock(&c->mu);
+    if (!c->wanted) {
+        c->wanted = true;
+        pthread_cond_signal(&c->cond);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return SQLITE_OK;
+}
+
+static void after_ms(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) ts->tv_sec++, ts->tv_nsec -= 1000000000;
+}
+
+static void *checkpointer_main(void *arg)
+{
+    tr_sqlite_checkpointer_t *c = arg;
+    pthread_mutex_lock(&c->mu);
+    while (!c->stop) {
+        struct timespec until;
+        after_ms(&until, 1000);
+        if (!c->wanted) pthread_cond_timedwait(&c->cond, &c->mu, &until);
+        if (!c->wanted || c->stop) continue;
+        c->wanted = false;
+        pthread_mutex_unlock(&c->mu);
+        /* What it cannot copy now (readers on old snapshots) it copies the next time. */
+        sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&c->mu);
+        /* A gap between checkpoints: one after every commit would be two fsyncs each. */
+        after_ms(&until, c->gap_ms);
+        while (!c->stop && pthread_cond_timedwait(&c->cond, &c->mu, &until) == 0)
+            ;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+int tr_sqlite_checkpointer_start(sqlite3 *writer, const char *path, int pages, unsigned gap_ms,
+                                 tr_sqlite_checkpointer_t **out, char *err, size_t errlen)
+{
+    tr_sqlite_checkpointer_t *c = tr_calloc(1, sizeof(*c));
+    c->writer = writer;
+    c->pages = pages > 0 ? pages : 1000;
+    c->gap_ms = gap_ms;
+    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errlen, "%s: cannot open for checkpoints: %s", path,
+                 c->db ? sqlite3_errmsg(c->db) : "out of memory");
+        sqlite3_close(c->db);
+        free(c);
+        return TR_EIO;
+    }
+    sqlite3_busy_timeout(c->db, 5000);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    if (pthread_create(&c->thread, NULL, checkpointer_main, c)) {
+        snprintf(err, errlen, "%s: cannot start the checkpoint thread", path);
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cond);
+        sqlite3_close(c->db);
+        free(c);
+        return TR_EIO;
+    }
+    sqlite3_wal_hook(writer, on_wal, c);
+    *out = c;
+    return 0;
+}
+
+void tr_sqlite_checkpointer_stop(tr_sqlite_checkpointer_t *c)
+{
+    if (!c) return;
+    sqlite3_wal_hook(c->writer, NULL, NULL);
+    pthread_mutex_lock(&c->mu);
+    c->stop = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cond);
+    sqlite3_close(c->db);
+    free(c);
 }

@@ -20,4 +20,20 @@ int64_t tr_sqlite_int(sqlite3 *db, const char *sql);
 int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
                       const char *const *migrations, int n, char *err, size_t errlen);
 
+/*
+ * A checkpointer: a thread with its own connection that copies the WAL back into the
+ * database (PASSIVE: it never waits for the writer or readers), so that neither the copy nor
+ * its fsync runs on the writer's path — in trellis the writer is often a loop that serves
+ * requests. Once the writer's WAL holds `pages` pages a checkpoint is asked for, at most one
+ * per `gap_ms`. The writer's automatic checkpoints are turned off (its WAL hook is this
+ * one's). Start it after the schema is migrated; stop it before closing the writer.
+ */
+typedef struct tr_sqlite_checkpointer_s tr_sqlite_checkpointer_t;
+
+int tr_sqlite_checkpointer_start(sqlite3 *writer, const char *path, int pages, unsigned gap_ms,
+                                 tr_sqlite_checkpointer_t **out, char *err, size_t errlen);
+/* Stops the thread (after a checkpoint in progress) and closes its connection; NULL is a
+ * no-op. */
+void tr_sqlite_checkpointer_stop(tr_sqlite_checkpointer_t *c);
+
 #endif

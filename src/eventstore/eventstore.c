@@ -106,12 +106,9 @@ typedef struct store_priv_s {
     tr_eventstore_t pub;
     stmts_t st;
     pthread_cond_t done_cond; /* tr_eventstore_write_wait callers */
-    /* The checkpointer: copies the WAL back into the database off the writer's path, so a
-     * checkpoint's fsync never holds up a group commit. */
-    sqlite3 *cdb;
-    pthread_t ckpt;
-    bool ckpt_started, ckpt_wanted;
-    pthread_cond_t ckpt_cond;
+    /* Copies the WAL back into the database off the writer's path, so a checkpoint's fsync
+     * never holds up a group commit. */
+    tr_sqlite_checkpointer_t *ckpt;
 } store_priv_t;
 
 #define CHECKPOINT_PAGES  4096 /* WAL pages (16 MiB) that ask for a checkpoint */
@@ -136,7 +133,7 @@ static char *db_path(const char *path)
     return tr_strdup(path);
 }
 
-enum { C_WRITER, C_READER, C_CHECKPOINT };
+enum { C_WRITER, C_READER };
 
 static int open_conn(const char *path, int kind, bool sync_full, sqlite3 **out, char *err,
                      size_t errlen)
@@ -179,53 +176,6 @@ static int open_conn(const char *path, int kind, bool sync_full, sqlite3 **out, 
 static void *writer_main(void *arg);
 static void on_async(uv_async_t *h);
 
-/* After each commit (writer thread): a long WAL asks the checkpointer for a checkpoint. */
-static int on_wal(void *arg, sqlite3 *db, const char *name, int pages)
-{
-    (void)db, (void)name;
-    tr_eventstore_t *s = arg;
-    if (pages < CHECKPOINT_PAGES) return SQLITE_OK;
-    pthread_mutex_lock(&s->mu);
-    priv(s)->ckpt_wanted = true;
-    pthread_cond_signal(&priv(s)->ckpt_cond);
-    pthread_mutex_unlock(&s->mu);
-    return SQLITE_OK;
-}
-
-static void deadline_after_ms(struct timespec *ts, long ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) ts->tv_sec++, ts->tv_nsec -= 1000000000;
-}
-
-static void *checkpointer_main(void *arg)
-{
-    tr_eventstore_t *s = arg;
-    store_priv_t *p = priv(s);
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        struct timespec until;
-        deadline_after_ms(&until, 1000);
-        if (!p->ckpt_wanted) pthread_cond_timedwait(&p->ckpt_cond, &s->mu, &until);
-        if (!p->ckpt_wanted || s->stop) continue;
-        p->ckpt_wanted = false;
-        pthread_mutex_unlock(&s->mu);
-        /* PASSIVE: never waits for the writer or readers; what it cannot copy now it copies
-         * the next time. */
-        sqlite3_wal_checkpoint_v2(p->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&s->mu);
-        /* At most a few checkpoints a second: the WAL stays long while readers hold old
-         * snapshots, and a checkpoint after every commit was two fsyncs per commit. */
-        deadline_after_ms(&until, CHECKPOINT_GAP_MS);
-        while (!s->stop && pthread_cond_timedwait(&p->ckpt_cond, &s->mu, &until) == 0)
-            ;
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
 /* Stops the writer after it answered everything queued. */
 static void stop_writer(tr_eventstore_t *s)
 {
@@ -233,14 +183,11 @@ static void stop_writer(tr_eventstore_t *s)
     pthread_mutex_lock(&s->mu);
     s->stop = true;
     pthread_cond_signal(&s->wake);
-    pthread_cond_signal(&p->ckpt_cond);
     pthread_mutex_unlock(&s->mu);
     if (s->writer_started) pthread_join(s->writer, NULL);
     s->writer_started = false;
-    if (p->ckpt_started) pthread_join(p->ckpt, NULL);
-    p->ckpt_started = false;
-    sqlite3_close(p->cdb);
-    p->cdb = NULL;
+    tr_sqlite_checkpointer_stop(p->ckpt);
+    p->ckpt = NULL;
 }
 
 static void on_check(uv_check_t *h);
@@ -268,7 +215,6 @@ static void store_free(tr_eventstore_t *s)
     pthread_mutex_destroy(&s->rmu);
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&p->done_cond);
-    pthread_cond_destroy(&p->ckpt_cond);
     free(s->path);
     free(p);
 }
@@ -278,8 +224,9 @@ static int open_dbs(tr_eventstore_t *s, char *err, size_t errlen)
     store_priv_t *p = priv(s);
     int e = open_conn(s->path, C_WRITER, s->opts.sync_full, &s->wdb, err, errlen);
     if (!e) e = open_conn(s->path, C_READER, false, &s->rdb, err, errlen);
-    if (!e) e = open_conn(s->path, C_CHECKPOINT, false, &p->cdb, err, errlen);
-    if (!e) sqlite3_wal_hook(s->wdb, on_wal, s);
+    if (!e)
+        e = tr_sqlite_checkpointer_start(s->wdb, s->path, CHECKPOINT_PAGES, CHECKPOINT_GAP_MS,
+                                         &p->ckpt, err, errlen);
     if (!e) e = prepare_all(s->wdb, writer_sql, p->st.w, W_COUNT, s->path, err, errlen);
     if (!e) e = prepare_all(s->rdb, reader_sql, p->st.r, R_COUNT, s->path, err, errlen);
     if (!e) {
@@ -301,18 +248,12 @@ int tr_eventstore_open(const char *path, const tr_eventstore_options_t *opts, tr
     pthread_mutex_init(&s->rmu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&p->done_cond, NULL);
-    pthread_cond_init(&p->ckpt_cond, NULL);
     int e = open_dbs(s, err, errlen);
     if (!e && (e = pthread_create(&s->writer, NULL, writer_main, s)) != 0) {
         snprintf(err, errlen, "cannot start the writer thread: %s", strerror(e));
         e = TR_EIO;
     }
     s->writer_started = e == 0;
-    if (!e && (e = pthread_create(&p->ckpt, NULL, checkpointer_main, s)) != 0) {
-        snprintf(err, errlen, "cannot start the checkpointer thread: %s", strerror(e));
-        e = TR_EIO;
-    }
-    p->ckpt_started = e == 0;
     /* The writer sends on the async only for writes, and none can be queued before this
      * returns, so creating it after the thread is safe. */
     if (!e && s->opts.loop && (e = loop_handles_init(s)) != 0)

@@ -8,6 +8,7 @@
 #include "saga/engine_int.h"
 
 #include "core/mem.h"
+#include "core/sqlite.h"
 #include "trellis/error.h"
 #include "trellis/log.h"
 #include "trellis/retry.h"
@@ -909,6 +910,7 @@ static void engine_free(tr_saga_engine_t *e)
     defs_free(e);
     tr_map_free(&e->sagas);
     free(e->queue);
+    tr_sqlite_checkpointer_stop(e->ckpt);
     sqlite3_finalize(e->wsaga);
     sqlite3_finalize(e->wcall);
     sqlite3_close(e->wdb);

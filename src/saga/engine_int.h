@@ -123,6 +123,7 @@ struct tr_saga_engine_s {
     uv_loop_t *loop;
     sqlite3 *db;  /* the loop's: loading at start, reads for the API */
     sqlite3 *wdb; /* the group commits' (one at a time, on a thread-pool thread) */
+    struct tr_sqlite_checkpointer_s *ckpt; /* WAL checkpoints, off the commits' path */
     sqlite3_stmt *wsaga, *wcall;
     tr__saga_commit_t *inflight; /* the commit being written, or NULL */
     char *db_path;

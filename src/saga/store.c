@@ -66,6 +66,12 @@ int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t e
         return TR_EIO;
     }
     sqlite3_busy_timeout(e->wdb, 5000);
+    if (tr_sqlite_checkpointer_start(e->wdb, e->db_path, 1000, 200, &e->ckpt, err, errlen)) {
+        sqlite3_close(e->wdb);
+        sqlite3_close(e->db);
+        e->db = e->wdb = NULL;
+        return TR_EIO;
+    }
     tr_log_info("saga: store open", TR_LOG_STR("path", e->db_path),
                 TR_LOG_STR("synchronous", tr_sqlite_int(e->wdb, "PRAGMA synchronous") == 2
                                               ? "full (fsync per commit)"

@@ -18,6 +18,9 @@
 #define DEFAULT_MAX_TRACE_SPANS 10000
 #define MAX_PENDING_CHILDREN    100000
 #define MAX_EDGES               100000
+#define CHECKPOINT_PAGES        1000 /* WAL pages (4 MiB) that ask for a checkpoint */
+#define CHECKPOINT_GAP_MS       200  /* between two checkpoints */
+
 /* Rows deleted per retention step, so one sweep never holds the loop for long. */
 #define SWEEP_CHUNK 20000
 
@@ -56,6 +59,10 @@ static const char *const stmt_sql[NSTMTS] = {
 struct tr_tracestore_s {
     tr_tracestore_options_t o;
     sqlite3 *db;
+    /* WAL checkpoints on a thread of their own: the store writes on the loop, which in
+     * `trellis up` is also the gateway's worker 0, and a checkpoint's copy and fsync took
+     * milliseconds there. */
+    tr_sqlite_checkpointer_t *ckpt;
     sqlite3_stmt *stmts[NSTMTS];
     tr_idmap_t traces; /* hash(trace_id) → tr_trace_t */
     tr_idmap_t spans;  /* hash(trace_id, span_id) → tr_cspan_t */
@@ -134,6 +141,9 @@ static int db_open(tr_tracestore_t *st, char *err, size_t errlen)
             snprintf(err, errlen, "%s: %s", st->o.path, sqlite3_errmsg(st->db));
             rc = TR_EIO;
         }
+    if (rc == 0)
+        rc = tr_sqlite_checkpointer_start(st->db, st->o.path, CHECKPOINT_PAGES, CHECKPOINT_GAP_MS,
+                                          &st->ckpt, err, errlen);
     return rc;
 }
 
@@ -419,6 +429,7 @@ void tr_tracestore_close(tr_tracestore_t *st)
         free(value);
     tr_map_free(&st->services);
     tr_deps_free(st->deps);
+    tr_sqlite_checkpointer_stop(st->ckpt);
     for (int i = 0; i < NSTMTS; i++)
         sqlite3_finalize(st->stmts[i]);
     if (st->db) sqlite3_close(st->db);
