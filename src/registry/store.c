@@ -55,8 +55,9 @@ typedef struct cached_stmt_s {
 
 struct tr_store_s {
     sqlite3 *db;
-    uint64_t index;   /* last committed */
-    uint64_t pending; /* reserved by the open transaction; 0 when none is open */
+    tr_sqlite_checkpointer_t *ckpt; /* WAL checkpoints off the loop the store writes on */
+    uint64_t index;                 /* last committed */
+    uint64_t pending;               /* reserved by the open transaction; 0 when none is open */
     cached_stmt_t stmts[STMT_CACHE_MAX];
     int nstmts;
 };
@@ -124,6 +125,7 @@ int tr_store_open(const char *path, tr_store_t **out, char *err, size_t errlen)
     tr_store_t *st = tr_calloc(1, sizeof(*st));
     st->db = db;
     rc = load_index(st, path, err, errlen);
+    if (rc == 0) rc = tr_sqlite_checkpointer_start(db, path, 1000, 200, &st->ckpt, err, errlen);
     if (rc < 0) {
         tr_store_close(st);
         return rc;
@@ -136,6 +138,7 @@ void tr_store_close(tr_store_t *st)
 {
     if (!st) return;
     if (st->pending) tr_store_rollback(st);
+    tr_sqlite_checkpointer_stop(st->ckpt);
     for (int i = 0; i < st->nstmts; i++)
         sqlite3_finalize(st->stmts[i].stmt);
     sqlite3_close(st->db);
