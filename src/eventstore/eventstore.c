@@ -104,6 +104,10 @@ static void finalize_all(sqlite3_stmt **st, int n)
 
 typedef struct store_priv_s {
     tr_eventstore_t pub;
+    /* The scavenger: every SCAVENGE_EVERY_MS, a write that removes what metadata excludes. */
+    uv_timer_t scavenge_timer;
+    tr_es_write_t scavenge;
+    bool scavenging;
     stmts_t st;
     pthread_cond_t done_cond; /* tr_eventstore_write_wait callers */
     /* Copies the WAL back into the database off the writer's path, so a checkpoint's fsync
@@ -112,7 +116,9 @@ typedef struct store_priv_s {
 } store_priv_t;
 
 #define CHECKPOINT_PAGES  4096 /* WAL pages (16 MiB) that ask for a checkpoint */
-#define CHECKPOINT_GAP_MS 250  /* between two checkpoints */
+#define SCAVENGE_EVERY_MS (5 * 60 * 1000)
+#define SCAVENGE_MAX      20000 /* events removed per scavenge at most: a commit stays short */
+#define CHECKPOINT_GAP_MS 250   /* between two checkpoints */
 
 static store_priv_t *priv(tr_eventstore_t *s)
 {
@@ -192,6 +198,27 @@ static void stop_writer(tr_eventstore_t *s)
 
 static void on_check(uv_check_t *h);
 
+static void on_scavenged(tr_es_write_t *w)
+{
+    tr_eventstore_t *s = w->data;
+    priv(s)->scavenging = false;
+    if (w->status == 200 && w->position > 0)
+        tr_log_info("event store: scavenged what stream metadata excludes",
+                    TR_LOG_INT("events_removed", w->position));
+    tr__eventstore_release(s);
+}
+
+static void on_scavenge_timer(uv_timer_t *t)
+{
+    tr_eventstore_t *s = t->data;
+    store_priv_t *p = priv(s);
+    if (p->scavenging || s->closing) return;
+    p->scavenging = true;
+    p->scavenge = (tr_es_write_t){.op = TR_ES_OP_SCAVENGE, .cb = on_scavenged, .data = s};
+    tr__eventstore_retain(s); /* until its answer */
+    tr_eventstore_write(s, &p->scavenge);
+}
+
 /* The async (writer → loop) and the check that hands writes over once per loop iteration. */
 static int loop_handles_init(tr_eventstore_t *s)
 {
@@ -203,6 +230,11 @@ static int loop_handles_init(tr_eventstore_t *s)
     uv_check_start(&s->check, on_check);
     /* It runs while other handles keep the loop alive; it must not keep it alive itself. */
     uv_unref((uv_handle_t *)&s->check);
+    uv_timer_init(s->opts.loop, &priv(s)->scavenge_timer);
+    priv(s)->scavenge_timer.data = s;
+    uv_timer_start(&priv(s)->scavenge_timer, on_scavenge_timer, SCAVENGE_EVERY_MS,
+                   SCAVENGE_EVERY_MS);
+    uv_unref((uv_handle_t *)&priv(s)->scavenge_timer);
     return 0;
 }
 
@@ -265,7 +297,7 @@ int tr_eventstore_open(const char *path, const tr_eventstore_options_t *opts, tr
         store_free(s);
         return e < 0 ? e : TR_EIO;
     }
-    if (s->opts.loop) s->refs += 2; /* the async and check handles */
+    if (s->opts.loop) s->refs += 3; /* the async, check and scavenge timer handles */
     if (s->opts.loop && (e = tr__outbox_start(s)) != 0)
         tr_log_error("cannot load the push subscriptions; they are not delivered",
                      TR_LOG_STR("path", s->path), TR_LOG_ERR(e));
@@ -310,6 +342,7 @@ void tr_eventstore_close(tr_eventstore_t *s)
         tr__outbox_close(s);
         uv_close((uv_handle_t *)&s->async, on_async_closed);
         uv_close((uv_handle_t *)&s->check, on_async_closed);
+        uv_close((uv_handle_t *)&priv(s)->scavenge_timer, on_async_closed);
     }
     tr__eventstore_release(s);
 }
@@ -611,6 +644,46 @@ static bool apply_sub(sqlite3 *db, tr_es_write_t *w, int64_t t)
     }
 }
 
+/*
+ * Removes the events that stream metadata excludes — older than max_age, or all but the newest
+ * max_count — which reads already skip; at most SCAVENGE_MAX per call (the next call goes
+ * on). They leave $all too. The newest event of all stays, whatever its metadata: positions
+ * are rowids, and SQLite gives the next one after the largest left, so removing the last
+ * would hand its position to the next append, which subscribers past it would never see.
+ * position: how many went.
+ */
+static bool apply_scavenge(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
+{
+    sqlite3 *db = s->wdb;
+    sqlite3_stmt *list = NULL, *del = NULL;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "SELECT name, version, max_age_ms, max_count FROM streams"
+                                 " WHERE max_age_ms > 0 OR max_count > 0",
+                                 -1, &list, NULL) == SQLITE_OK &&
+              sqlite3_prepare_v2(db,
+                                 "DELETE FROM events WHERE position IN (SELECT position FROM events"
+                                 " WHERE stream = ?1 AND (version <= ?2 OR time < ?3)"
+                                 " AND position < (SELECT max(position) FROM events) LIMIT ?4)",
+                                 -1, &del, NULL) == SQLITE_OK;
+    int64_t removed = 0;
+    while (ok && removed < SCAVENGE_MAX && sqlite3_step(list) == SQLITE_ROW) {
+        int64_t version = sqlite3_column_int64(list, 1), age = sqlite3_column_int64(list, 2);
+        int64_t count = sqlite3_column_int64(list, 3);
+        sqlite3_bind_text(del, 1, (const char *)sqlite3_column_text(list, 0), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(del, 2, count > 0 ? version - count : -1);
+        sqlite3_bind_int64(del, 3, age > 0 ? t - age : 0);
+        sqlite3_bind_int64(del, 4, SCAVENGE_MAX - removed);
+        ok = sqlite3_step(del) == SQLITE_DONE;
+        if (ok) removed += sqlite3_changes(db);
+        sqlite3_reset(del);
+    }
+    sqlite3_finalize(list);
+    sqlite3_finalize(del);
+    w->position = removed;
+    w->status = 200;
+    return ok;
+}
+
 static bool apply(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
 {
     w->status = 0;
@@ -622,6 +695,8 @@ static bool apply(tr_eventstore_t *s, tr_es_write_t *w, int64_t t)
         return apply_delete(s, w);
     case TR_ES_OP_METADATA:
         return apply_metadata(s, w);
+    case TR_ES_OP_SCAVENGE:
+        return apply_scavenge(s, w, t);
     default:
         return apply_sub(s->wdb, w, t);
     }

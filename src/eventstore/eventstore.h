@@ -67,6 +67,7 @@ enum {
     TR_ES_OP_SUB_CHECKPOINT, /* at: handled position; dead_letter_done: at was a dead letter */
     TR_ES_OP_SUB_DEAD,       /* at: position dead-lettered after `attempts`; text: last error */
     TR_ES_OP_SUB_RETRY,      /* at: the dead letter to send again (404 when there is none) */
+    TR_ES_OP_SCAVENGE,       /* removes what metadata excludes; position: events removed */
 };
 
 typedef struct tr_es_write_s tr_es_write_t;

@@ -159,7 +159,11 @@ static void answer_write(tr_http_req_t *req, tr_es_write_t *w)
                                    w->detail);
     if (w->op == TR_ES_OP_DELETE) return tr_http_res_send(req, 204, NULL, NULL, 0);
     tr_buf_t b = TR_BUF_INIT;
-    if (w->op == TR_ES_OP_APPEND) {
+    if (w->op == TR_ES_OP_SCAVENGE) {
+        TR_JSONW_LIT(&b, "{\"removed\":");
+        tr_jsonw_i64(&b, w->position);
+        tr_buf_append(&b, "}", 1);
+    } else if (w->op == TR_ES_OP_APPEND) {
         TR_JSONW_LIT(&b, "{\"stream\":");
         tr_jsonw_cstr(&b, w->stream);
         TR_JSONW_LIT(&b, ",\"first_version\":");
@@ -860,8 +864,22 @@ static bool under(tr_http_req_t *req, const char *prefix, size_t len)
            (req->path_len == len || req->path[len] == '/');
 }
 
+#define SCAVENGE_PATH "/api/scavenge"
+
 bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req)
 {
+    if (req->path_len == sizeof(SCAVENGE_PATH) - 1 &&
+        memcmp(req->path, SCAVENGE_PATH, req->path_len) == 0) {
+        if (strcmp(req->method, "POST")) {
+            method_not_allowed(req, "POST");
+        } else if (s->closing) {
+            tr_http_res_problem(req, 503, "store-unavailable", "Event store unavailable",
+                                "the event store is shutting down; retry");
+        } else { /* now rather than at the next automatic run */
+            submit(write_ctx_new(s, req, "$scavenge", TR_ES_OP_SCAVENGE));
+        }
+        return true;
+    }
     if (under(req, SUBS_PREFIX, SUBS_PREFIX_LEN)) {
         if (s->closing || !s->outbox)
             tr_http_res_problem(req, 503, "store-unavailable", "Event store unavailable",

@@ -219,6 +219,39 @@ test('metadata max_count hides old events; soft delete and restart of a stream',
   assert.deepEqual(r.json.events.map((e) => e.type), ['Again']);
 });
 
+test('the scavenger removes what metadata excludes, from the stream and from $all', async () => {
+  const first = await api(store, 'POST', '/api/streams/scav-1', [0, 1, 2, 3, 4, 5].map((i) => ({ type: 'T', data: i })));
+  assert.equal(first.status, 201, first.text);
+  const firstPos = first.json.position - 5;
+  await api(store, 'POST', '/api/streams/scav-2', [{ type: 'T', data: 'a' }, { type: 'T', data: 'b' }]);
+  await api(store, 'POST', '/api/streams/tail-1', { type: 'T' }); // the newest event stays anyway (below)
+  assert.equal((await api(store, 'PUT', '/api/streams/scav-1/metadata', { max_count: 2 })).status, 200);
+  assert.equal((await api(store, 'PUT', '/api/streams/scav-2/metadata', { max_age: '1ms' })).status, 200);
+  await new Promise((res) => setTimeout(res, 20));
+  const inAll = async () => (await api(store, 'GET', `/api/streams/%24all?from_position=${firstPos}&limit=1000`)).json.events
+    .filter((e) => e.stream.startsWith('scav-')).map((e) => `${e.stream}:${e.version}`);
+  assert.deepEqual(await inAll(), ['scav-1:0', 'scav-1:1', 'scav-1:2', 'scav-1:3', 'scav-1:4', 'scav-1:5', 'scav-2:0', 'scav-2:1'],
+    '$all keeps them until the scavenger runs');
+  const r = await api(store, 'POST', '/api/scavenge');
+  assert.equal(r.status, 200, r.text);
+  assert.ok(r.json.removed >= 6, `4 of scav-1 and 2 of scav-2 removed (and maybe others): ${r.text}`);
+  assert.deepEqual(await inAll(), ['scav-1:4', 'scav-1:5']);
+  const s1 = await api(store, 'GET', '/api/streams/scav-1');
+  assert.deepEqual(s1.json.events.map((e) => [e.version, e.data]), [[4, 4], [5, 5]], 'reads are as before');
+  const again = await api(store, 'POST', '/api/streams/scav-1?expected=5', { type: 'T', data: 6 });
+  assert.equal(again.status, 201, 'versions keep counting after a scavenge');
+  assert.equal(again.json.first_version, 6);
+  assert.equal((await api(store, 'POST', '/api/scavenge')).json.removed >= 1, true, 'the next run removes version 4');
+  assertProblem(await api(store, 'GET', '/api/scavenge'), 405);
+  // The newest event of all is never removed: its position must not be handed out again.
+  const last = await api(store, 'POST', '/api/streams/scav-3', { type: 'T' });
+  assert.equal((await api(store, 'PUT', '/api/streams/scav-3/metadata', { max_age: '1ms' })).status, 200);
+  await new Promise((res) => setTimeout(res, 20));
+  await api(store, 'POST', '/api/scavenge');
+  const next = await api(store, 'POST', '/api/streams/scav-4', { type: 'T' });
+  assert.ok(next.json.position > last.json.position, `a new position (${next.json.position} > ${last.json.position})`);
+});
+
 test('long poll waits for an append and wakes on it', async () => {
   const r0 = await api(store, 'POST', '/api/streams/lp-1', { type: 'First' });
   const started = Date.now();
