@@ -99,6 +99,9 @@ static void usage(FILE *out)
             "(default ./" ES_DEFAULT_DIR ")\n"
             "      --sync MODE          normal (survives a process crash) or full (fsync every\n"
             "                           commit, survives power loss) (default normal)\n"
+            "      --registry ADDR      a Consul-compatible registry (ip:port) where push\n"
+            "                           subscriptions to service:NAME/PATH find the service\n"
+            "                           (default: none; such URLs then fail and retry)\n"
             "      --grace DUR          drain time after SIGTERM/SIGINT (default 10s)\n"
             "      --log-level LEVEL    debug, info, warn or error (default info)\n"
             "      --log-format FORMAT  auto, json or text (default auto)\n"
@@ -109,12 +112,13 @@ static void usage(FILE *out)
             "       -d '{\"type\":\"OrderPlaced\",\"data\":{\"total\":42}}'\n");
 }
 
-enum { OPT_SYNC = 256 };
+enum { OPT_SYNC = 256, OPT_REGISTRY };
 
 static const struct option long_opts[] = {
     {"listen", required_argument, NULL, 'l'},
     {"data-dir", required_argument, NULL, 'd'},
     {"sync", required_argument, NULL, OPT_SYNC},
+    {"registry", required_argument, NULL, OPT_REGISTRY},
     TR_CLI_RUN_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -148,6 +152,9 @@ static int parse_args(int argc, char **argv, es_cmd_t *ec, args_t *a)
             break;
         case OPT_SYNC:
             ok = parse_sync(optarg, &ec->opts.sync_full);
+            break;
+        case OPT_REGISTRY:
+            ec->opts.registry = optarg;
             break;
         case 'h':
             usage(stdout);

@@ -590,7 +590,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
         return e;
     }
     if ((e = open_sagas(up, loop))) return e;
-    tr_eventstore_options_t eo = {.loop = loop};
+    tr_eventstore_options_t eo = {.loop = loop, .hub = up->hub};
     if ((e = tr_eventstore_open(up->cp->data_dir, &eo, &up->events, err, sizeof(err)))) {
         tr_log_error("up: cannot open the event store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));
         return e;

@@ -25,6 +25,11 @@ typedef struct tr_eventstore_options_s {
      */
     uv_loop_t *loop;
     bool sync_full; /* synchronous=FULL: fsync every commit (default NORMAL) */
+    /* Where push URLs naming a service ("service:NAME/PATH") find its instances: a registry
+     * in this process (trellis up), else a Consul-compatible one at "ip:port"; neither:
+     * such URLs are refused. */
+    struct tr_discovery_hub_s *hub;
+    const char *registry;
 } tr_eventstore_options_t;
 
 /*

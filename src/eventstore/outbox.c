@@ -40,6 +40,7 @@ void tr__outbox_def_free(tr_outbox_def_t *def)
         free(def->types[i]);
     free(def->types);
     free(def->url);
+    free(def->service);
     free(def->target);
     free(def->text);
     memset(def, 0, sizeof(*def));
@@ -71,9 +72,30 @@ static bool parse_types(json_t *types, tr_outbox_def_t *def)
     return true;
 }
 
-/* http://IP:port/path only: deliveries never wait for DNS. */
+/* service:NAME/PATH: an instance of the service, found through discovery at each send. */
+static bool parse_service_url(const char *v, tr_outbox_def_t *def)
+{
+    const char *name = v + 8, *path = strchr(name, '/');
+    size_t n = path ? (size_t)(path - name) : 0;
+    if (n == 0 || n > 128) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    for (const char *c = path; *c; c++)
+        if ((unsigned char)*c <= 0x20 || *c == 0x7f) return false;
+    def->service = tr_strndup(name, n);
+    def->target = tr_strdup(path);
+    def->url = tr_strdup(v);
+    return true;
+}
+
+/* http://IP:port/path (deliveries never wait for DNS), or service:NAME/PATH. */
 static bool parse_url(const char *v, tr_outbox_def_t *def)
 {
+    if (strncmp(v, "service:", 8) == 0) return parse_service_url(v, def);
     tr_http_url_t u;
     if (strncmp(v, "http://", 7) != 0 || tr_http_url_parse(v, &u) != 0) return false;
     bool ok = u.literal;
@@ -99,7 +121,7 @@ static int parse_fields(json_t *body, tr_outbox_def_t *def, char *detail, size_t
                    TR_OUTBOX_MAX_TYPES);
     if (!json_is_string(url) || !parse_url(json_string_value(url), def))
         return BAD("\"url\" must be http://IP:PORT/PATH with an IP address (no host names, no "
-                   "https)");
+                   "https) or service:NAME/PATH (an instance of a registered service)");
     const char *f = from && !json_is_null(from) ? json_string_value(from) : "end";
     if (!f || (strcmp(f, "start") != 0 && strcmp(f, "end") != 0))
         return BAD("\"from\" must be \"start\" or \"end\"");
@@ -583,8 +605,47 @@ static size_t header_value(char *out, size_t cap, const char *type)
     return n;
 }
 
+#define DISCOVERY_WAIT_MS 10
+#define DISCOVERY_WAITS   300 /* 3 s for a new watch's first answer */
+
+/*
+ * Where the current event goes: the URL's address, or a passing instance of its service
+ * (round robin), copied so that nothing is held across the send. 1: wait for discovery's
+ * first answer (retried on a timer); -1: none (last_error says why); 0: sub->dest is set.
+ */
+static int destination(tr_outbox_sub_t *sub)
+{
+    if (!sub->def.service) {
+        sub->dest = sub->def.ep;
+        return 0;
+    }
+    tr_discovery_t *d = sub->s->outbox->discovery;
+    tr_discovery_watch_t *w = NULL;
+    tr_endpoint_t *ep = NULL;
+    if (!d || tr_discovery_watch(d, sub->def.service, &w)) {
+        snprintf(sub->last_error, sizeof(sub->last_error),
+                 "no registry to find service '%s' in (this store was started without one)",
+                 sub->def.service);
+        return -1;
+    }
+    if (!tr_discovery_ready(w)) return sub->discovery_waits++ < DISCOVERY_WAITS ? 1 : -1;
+    sub->discovery_waits = 0;
+    if (tr_discovery_pick(w, TR_LB_ROUND_ROBIN, &ep) || ep->http.addr.ss_family == AF_UNSPEC) {
+        tr_discovery_done(ep);
+        snprintf(sub->last_error, sizeof(sub->last_error), "no passing instance of service '%s'",
+                 sub->def.service);
+        return -1;
+    }
+    sub->dest = ep->http;
+    tr_discovery_done(ep);
+    return 0;
+}
+
 static void send_cur(tr_outbox_sub_t *sub)
 {
+    int where = destination(sub);
+    if (where > 0) return wait_ms(sub, DISCOVERY_WAIT_MS);
+    if (where < 0) return send_failed(sub);
     char key[TR_OUTBOX_MAX_NAME + 32], type[TR_ES_MAX_STREAM + 1];
     int kl = snprintf(key, sizeof(key), "%s:%lld", sub->name, (long long)sub->cur.position);
     size_t tl = header_value(type, sizeof(type), sub->cur.type);
@@ -607,7 +668,7 @@ static void send_cur(tr_outbox_sub_t *sub)
     sub->busy = true;
     sub->refs++;
     sub->status = 0;
-    int e = tr_http_client_request(sub->s->outbox->client, &sub->def.ep, &r, &sub->fetch);
+    int e = tr_http_client_request(sub->s->outbox->client, &sub->dest, &r, &sub->fetch);
     if (e) {
         sub->busy = false;
         sub->refs--;
@@ -667,6 +728,13 @@ int tr__outbox_start(tr_eventstore_t *s)
     co.response_timeout_ms = SEND_TIMEOUT_MS;
     co.max_idle_per_endpoint = 4;
     s->outbox->client = tr_http_client_new(s->opts.loop, &co);
+    if (s->opts.hub || (s->opts.registry && *s->opts.registry)) {
+        tr_discovery_options_t dopt;
+        tr_discovery_options_init(&dopt);
+        dopt.hub = s->opts.hub;
+        dopt.registry = s->opts.registry;
+        s->outbox->discovery = tr_discovery_new(s->opts.loop, &dopt);
+    }
     int e = tr_eventstore_load_subscriptions(s, on_loaded_sub, on_loaded_dead, s);
     for (tr_outbox_sub_t *sub = s->outbox->subs; sub; sub = sub->next)
         tr__outbox_pump(sub);
@@ -697,6 +765,8 @@ void tr__outbox_close(tr_eventstore_t *s)
         sub_drop(o->subs);
     tr_http_client_close(o->client, on_client_closed);
     o->client = NULL;
+    tr_discovery_close(o->discovery, NULL);
+    o->discovery = NULL;
     s->outbox = NULL;
     free(o);
 }

@@ -3,6 +3,7 @@
 #define TR_EVENTSTORE_OUTBOX_H
 
 #include "eventstore/eventstore.h"
+#include "trellis/discovery.h"
 #include "trellis/http_client.h"
 
 #include <jansson.h>
@@ -22,8 +23,9 @@ typedef struct tr_outbox_def_s {
     char **types; /* NULL: every type */
     size_t ntypes;
     char *url;
-    tr_http_endpoint_t ep;
-    char *target; /* path and query sent to */
+    tr_http_endpoint_t ep; /* for http://IP:PORT/PATH */
+    char *service;         /* for service:NAME/PATH: found through discovery per send */
+    char *target;          /* path and query sent to */
     bool from_start;
     int64_t max_attempts;
     char *text; /* the canonical JSON of the definition: stored, and compared on a repeat */
@@ -83,6 +85,8 @@ struct tr_outbox_sub_s {
     bool busy; /* a read, send, write or backoff is under way */
     uv_timer_t timer;
     tr_http_client_req_t *fetch; /* the send in flight */
+    tr_http_endpoint_t dest;     /* where it goes: def.ep, or the service's instance picked */
+    uint32_t discovery_waits;    /* for a new watch's first answer */
     int status;                  /* its response status, once the headers arrived */
     int refs;                    /* the list, the timer, the operation under way */
 };
@@ -90,6 +94,7 @@ struct tr_outbox_sub_s {
 typedef struct tr_outbox_s {
     tr_outbox_sub_t *subs;
     tr_http_client_t *client;
+    tr_discovery_t *discovery; /* for service: URLs; NULL when the store has no registry */
 } tr_outbox_t;
 
 tr_outbox_sub_t *tr__outbox_find(tr_eventstore_t *s, const char *name);

@@ -1,5 +1,6 @@
 // End-to-end tests of the event store's push subscriptions (the outbox): delivery in order,
-// retries with the same idempotency key, dead letters, filters, restarts after SIGKILL.
+// retries with the same idempotency key, dead letters, filters, restarts after SIGKILL, and
+// URLs naming a service found in the registry.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -10,6 +11,7 @@ import path from 'node:path';
 import { BIN, SANITIZED, ms, sleep, watchOutput, withDeadline } from './lib/trellis.mjs';
 import { request, until } from './lib/gateway.mjs';
 import { startStore } from './lib/eventstore.mjs';
+import { startRegistry, call } from './lib/registry.mjs';
 
 function api(store, method, p, body) {
   const text = body === undefined ? undefined : (typeof body === 'string' ? body : JSON.stringify(body));
@@ -165,6 +167,40 @@ test('from start delivers history; prefix and type filters', async () => {
   await until(() => rx.on('/pf').length >= 2, { what: 'filtered' });
   await sleep(ms(300));
   assert.deepEqual(rx.on('/pf').map((r) => r.event.data), ['pf1a', 'pf2a']);
+});
+
+test('service:NAME/PATH delivers to the passing instances of a registered service', async () => {
+  const reg = await startRegistry();
+  const sdir = mkdtempSync(path.join(os.tmpdir(), 'trellis-outbox-svc-'));
+  const svcStore = await startStore(sdir, ['--registry', `127.0.0.1:${reg.port}`]);
+  const [a, b] = [await startReceiver(), await startReceiver()];
+  try {
+    // No instance yet: attempts fail (and retry) with the reason.
+    await subscribe(svcStore, { name: 'to-svc', stream: 'svc-1', url: 'service:listener/events?x=1', max_attempts: 1000 });
+    await append(svcStore, 'svc-1', { type: 'E', data: 0 });
+    await until(async () => /no passing instance of service 'listener'/.test((await api(svcStore, 'GET', '/api/subscriptions/to-svc')).json.last_error || ''),
+      { timeout: ms(10000), what: 'the reason on the subscription' });
+    for (const [i, rx2] of [a, b].entries()) {
+      const port = Number(new URL(rx2.url('/')).port);
+      const r = await call(reg, 'PUT', '/v1/agent/service/register', { body: JSON.stringify({ ID: `listener-${i}`, Name: 'listener', Address: '127.0.0.1', Port: port }) });
+      assert.equal(r.status, 200, r.text);
+    }
+    for (let i = 1; i <= 5; i++) await append(svcStore, 'svc-1', { type: 'E', data: i });
+    await until(() => a.got.length + b.got.length >= 6, { timeout: ms(20000), what: '6 deliveries' });
+    const all = [...a.got, ...b.got].sort((x, y) => x.event.position - y.event.position);
+    assert.deepEqual(all.map((r) => r.event.data), [0, 1, 2, 3, 4, 5], 'each event once, the waiting one first');
+    assert.ok(all.every((r) => r.path === '/events?x=1'));
+    assert.ok(a.got.length > 0 && b.got.length > 0, `round robin over both instances (${a.got.length}/${b.got.length})`);
+    const bad = await api(svcStore, 'POST', '/api/subscriptions', { name: 'bad-svc', stream: 'x', url: 'service:has space/p' });
+    assert.equal(bad.status, 422, bad.text);
+    assert.match(bad.json.detail, /service:NAME\/PATH/);
+  } finally {
+    await svcStore.stop();
+    await a.close();
+    await b.close();
+    await reg.cleanup();
+    rmSync(sdir, { recursive: true, force: true });
+  }
 });
 
 test('bad definitions are 422, bad JSON 400, unknown names 404', async () => {
