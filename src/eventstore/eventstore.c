@@ -117,8 +117,9 @@ typedef struct store_priv_s {
 
 #define CHECKPOINT_PAGES  4096 /* WAL pages (16 MiB) that ask for a checkpoint */
 #define SCAVENGE_EVERY_MS (5 * 60 * 1000)
-#define SCAVENGE_MAX      20000 /* events removed per scavenge at most: a commit stays short */
-#define CHECKPOINT_GAP_MS 250   /* between two checkpoints */
+#define PAGE_MAX_BYTES    (1u << 20) /* event data in one page of a read */
+#define SCAVENGE_MAX      20000      /* events removed per scavenge at most: a commit stays short */
+#define CHECKPOINT_GAP_MS 250        /* between two checkpoints */
 
 static store_priv_t *priv(tr_eventstore_t *s)
 {
@@ -891,19 +892,25 @@ static void row_event(sqlite3_stmt *st, tr_es_event_t *e)
     e->time_ms = sqlite3_column_int64(st, 7);
 }
 
-/* Steps through a page; one row past the limit only tells where the next page starts. */
+/*
+ * Steps through a page; one row past the limit only tells where the next page starts. A page
+ * also ends once it holds PAGE_MAX_BYTES of data and metadata (after its first event), so a
+ * read, a long poll or an SSE subscriber's next page never holds more than about that.
+ */
 static int run_page(sqlite3_stmt *st, bool all, size_t limit, tr_es_event_cb cb, void *data,
                     tr_es_page_t *page)
 {
     int rc;
+    size_t bytes = 0;
     page->next = -1;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         tr_es_event_t e;
         row_event(st, &e);
-        if (page->count == limit) {
+        if (page->count == limit || (page->count > 0 && bytes >= PAGE_MAX_BYTES)) {
             page->next = all ? e.position : e.version;
             break;
         }
+        bytes += (size_t)sqlite3_column_bytes(st, 5) + (size_t)sqlite3_column_bytes(st, 6);
         cb(&e, data);
         page->count++;
         page->last_read = all ? e.position : e.version;

@@ -252,6 +252,20 @@ test('the scavenger removes what metadata excludes, from the stream and from $al
   assert.ok(next.json.position > last.json.position, `a new position (${next.json.position} > ${last.json.position})`);
 });
 
+test('a page stops past 1 MiB of event data; next says where to go on', async () => {
+  const big = 'x'.repeat(600 * 1024);
+  const r = await api(store, 'POST', '/api/streams/big-1', [0, 1, 2].map((i) => ({ type: 'Big', data: { i, big } })));
+  assert.equal(r.status, 201, r.text);
+  let page = await api(store, 'GET', '/api/streams/big-1?limit=100');
+  assert.deepEqual(page.json.events.map((e) => e.data.i), [0, 1], 'the second event passes 1 MiB: the page ends');
+  assert.equal(page.json.next, 2);
+  page = await api(store, 'GET', `/api/streams/big-1?from=${page.json.next}&limit=100`);
+  assert.deepEqual(page.json.events.map((e) => e.data.i), [2]);
+  assert.equal(page.json.next, null);
+  const sub = await api(store, 'GET', `/api/streams/big-1/subscribe?from=0&wait=1`);
+  assert.deepEqual(sub.json.events.map((e) => e.data.i), [0, 1], 'long polls page the same way');
+});
+
 test('long poll waits for an append and wakes on it', async () => {
   const r0 = await api(store, 'POST', '/api/streams/lp-1', { type: 'First' });
   const started = Date.now();
