@@ -652,7 +652,8 @@ static void sub_kick(tr_es_sub_t *sub)
 
 static void sse_write_page(tr_es_sub_t *sub, job_t *j)
 {
-    bool more = j->page.count == j->q.limit || sub->dirty;
+    /* A full page, one ended by its size, or a commit meanwhile: read on at once. */
+    bool more = j->page.next >= 0 || j->page.count == j->q.limit || sub->dirty;
     if (j->page.count) sub->cursor = j->page.last_read + 1;
     if (j->out.len && !tr_http_res_write(sub->req, j->out.data, j->out.len)) {
         /* A slow reader: read on only once its connection drained. */

@@ -264,6 +264,13 @@ test('a page stops past 1 MiB of event data; next says where to go on', async ()
   assert.equal(page.json.next, null);
   const sub = await api(store, 'GET', `/api/streams/big-1/subscribe?from=0&wait=1`);
   assert.deepEqual(sub.json.events.map((e) => e.data.i), [0, 1], 'long polls page the same way');
+  const sse = await openSse(store, '/api/streams/big-1/subscribe?from=0');
+  try {
+    await sse.waitFor(3, ms(10000));
+    assert.deepEqual(sse.events.slice(0, 3).map((e) => e.data.i), [0, 1, 2], 'SSE reads on past a short page');
+  } finally {
+    sse.close();
+  }
 });
 
 test('long poll waits for an append and wakes on it', async () => {
