@@ -26,7 +26,9 @@ int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
  * its fsync runs on the writer's path — in trellis the writer is often a loop that serves
  * requests. Once the writer's WAL holds `pages` pages a checkpoint is asked for, at most one
  * per `gap_ms`. The writer's automatic checkpoints are turned off (its WAL hook is this
- * one's). Start it after the schema is migrated; stop it before closing the writer.
+ * one's); at 4 × `pages` the writer checkpoints what is left itself, so that the WAL file
+ * starts over (under steady writes it otherwise never would). Start it after the schema is
+ * migrated; stop it before closing the writer.
  */
 typedef struct tr_sqlite_checkpointer_s tr_sqlite_checkpointer_t;
 
