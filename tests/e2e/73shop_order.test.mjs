@@ -9,7 +9,7 @@
 // projection (rebuilt from the streams by a replica with an empty database).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -317,6 +317,11 @@ describe('shop order: orders across catalog and inventory', () => {
   test('event store down: commands and reads by id are 503, the listing still answers', async () => {
     const o = (await place({ customer_id: 1800, items: [{ product_id: 3, quantity: 1 }], status: 'pending' })).json;
     store.proc.kill('SIGSTOP');
+    // The signal is delivered a moment later: a request arriving meanwhile would still be
+    // answered. Wait until every thread of the store is stopped.
+    const stopped = () => readdirSync(`/proc/${store.proc.pid}/task`).every((t) =>
+      /^\d+ \(.*\) T/.test(readFileSync(`/proc/${store.proc.pid}/task/${t}/stat`, 'utf8')));
+    await until(stopped, { timeout: ms(5000), every: 10, what: 'the event store stopped' });
     try {
       assertProblemJson(await order.req(`/orders/${o.id}`), 503, 'store-unavailable');
       assertProblemJson(await order.req(`/orders/${o.id}/confirm`, { method: 'POST' }), 503, 'store-unavailable');
