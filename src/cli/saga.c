@@ -1,5 +1,6 @@
 /* `trellis saga ls|show|start|retry|abort`: the control plane's /api/sagas from the shell. */
 #include "cli/cli.h"
+#include "core/httpdate.h"
 
 #include "trellis/config.h"
 #include "trellis/error.h"
@@ -8,7 +9,6 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define SAGA_DEFAULT_URL "http://127.0.0.1:8500"
 
@@ -137,12 +137,9 @@ static const char *str(const json_t *o, const char *k)
 
 static void print_time(int64_t ms)
 {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    char buf[32];
-    gmtime_r(&t, &tm);
-    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    printf("%s.%03dZ", buf, (int)(ms % 1000));
+    char buf[TR_RFC3339_MS_LEN];
+    tr_rfc3339_ms(ms, buf);
+    fputs(buf, stdout);
 }
 
 static void print_list(const json_t *sagas)

@@ -32,3 +32,17 @@ const char *tr_httpdate_header(void)
     }
     return line;
 }
+
+void tr_rfc3339_ms(int64_t unix_ms, char out[TR_RFC3339_MS_LEN])
+{
+    int64_t sec = unix_ms / 1000, ms = unix_ms % 1000;
+    if (ms < 0) sec--, ms += 1000;
+    time_t t = (time_t)sec;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char tmp[64]; /* a year past 9999 would not fit TR_RFC3339_MS_LEN: cut, never overrun */
+    snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)ms);
+    memcpy(out, tmp, TR_RFC3339_MS_LEN - 1);
+    out[TR_RFC3339_MS_LEN - 1] = '\0';
+}

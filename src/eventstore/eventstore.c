@@ -4,6 +4,7 @@
 
 #include "core/buf.h"
 #include "core/jsonw.h"
+#include "core/httpdate.h"
 #include "core/mem.h"
 #include "core/sqlite.h"
 #include "trellis/error.h"
@@ -1073,17 +1074,6 @@ void tr_eventstore_stats(tr_eventstore_t *s, uint64_t *commits, uint64_t *events
     pthread_mutex_unlock(&s->mu);
 }
 
-static void time_json(tr_buf_t *b, int64_t ms)
-{
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    char out[40];
-    int n = snprintf(out, sizeof(out), "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    tr_buf_append(b, out, (size_t)n);
-}
-
 void tr_eventstore_event_json(tr_buf_t *b, const tr_es_event_t *e)
 {
     TR_JSONW_LIT(b, "{\"stream\":");
@@ -1097,7 +1087,9 @@ void tr_eventstore_event_json(tr_buf_t *b, const tr_es_event_t *e)
     TR_JSONW_LIT(b, ",\"type\":");
     tr_jsonw_cstr(b, e->type);
     TR_JSONW_LIT(b, ",\"time\":");
-    time_json(b, e->time_ms);
+    char time[TR_RFC3339_MS_LEN];
+    tr_rfc3339_ms(e->time_ms, time);
+    tr_jsonw_cstr(b, time);
     /* data and metadata were written by json_dumps: valid JSON, kept as it is. */
     TR_JSONW_LIT(b, ",\"data\":");
     tr_buf_append_str(b, e->data ? e->data : "null");

@@ -4,13 +4,13 @@
 #include "eventstore/outbox.h"
 
 #include "core/buf.h"
+#include "core/httpdate.h"
 #include "core/mem.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define PREFIX     "/api/subscriptions"
 #define PREFIX_LEN (sizeof(PREFIX) - 1)
@@ -39,12 +39,8 @@ static void not_found(tr_http_req_t *req, const char *name)
 
 static json_t *time_json(int64_t ms)
 {
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    char out[80];
-    snprintf(out, sizeof(out), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    char out[TR_RFC3339_MS_LEN];
+    tr_rfc3339_ms(ms, out);
     return json_string(out);
 }
 
