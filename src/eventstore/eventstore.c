@@ -1142,8 +1142,9 @@ static void make_uuid(char out[37])
              seq, (unsigned)(lo >> 48), (unsigned long long)(lo & UINT64_C(0xffffffffffff)));
 }
 
-/* Checks one event, giving it an id when it has none; 0 or 422 with the reason. */
-static int check_event(json_t *ev, size_t i, char *detail, size_t len)
+/* Checks one event, giving it an id when it has none (*made true); 0 or 422 with the
+ * reason. */
+static int check_event(json_t *ev, size_t i, bool *made, char *detail, size_t len)
 {
     if (!json_is_object(ev)) {
         snprintf(detail, len, "event %zu must be a JSON object with \"type\" and \"data\"", i);
@@ -1169,7 +1170,8 @@ static int check_event(json_t *ev, size_t i, char *detail, size_t len)
                  TR_ES_MAX_ID);
         return 422;
     }
-    if (!id || json_is_null(id)) {
+    *made = !id || json_is_null(id);
+    if (*made) {
         char uuid[37];
         make_uuid(uuid);
         json_object_set_new(ev, "id", json_string(uuid));
@@ -1194,6 +1196,13 @@ static bool duplicate_ids(json_t *events, size_t *at)
 
 int tr_eventstore_check_events(json_t *body, json_t **events, char *detail, size_t len)
 {
+    bool ids_made;
+    return tr_eventstore_check_append(body, events, &ids_made, detail, len);
+}
+
+int tr_eventstore_check_append(json_t *body, json_t **events, bool *ids_made, char *detail,
+                               size_t len)
+{
     json_t *arr;
     if (json_is_object(body)) {
         arr = json_array();
@@ -1211,8 +1220,12 @@ int tr_eventstore_check_events(json_t *body, json_t **events, char *detail, size
                  n);
         st = 422;
     }
-    for (size_t i = 0; i < n && !st; i++)
-        st = check_event(json_array_get(arr, i), i, detail, len);
+    *ids_made = true;
+    for (size_t i = 0; i < n && !st; i++) {
+        bool made = false;
+        st = check_event(json_array_get(arr, i), i, &made, detail, len);
+        *ids_made = *ids_made && made;
+    }
     if (!st && duplicate_ids(arr, &at)) {
         snprintf(detail, len, "event %zu repeats the id of an earlier event of this request", at);
         st = 422;

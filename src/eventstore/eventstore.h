@@ -119,9 +119,12 @@ void tr_eventstore_write_wait(tr_eventstore_t *s, tr_es_write_t *w);
  * Checks an append body: one event object or an array of 1..TR_ES_MAX_EVENTS. Returns 0
  * and *events (a new reference to an array; events without an id get a UUID) or the HTTP
  * status (400 wrong shape, 422 bad event) with the reason in detail. The ids are added to
- * the body's event objects in place.
+ * the body's event objects in place. With `ids_made`, says whether the store made every id
+ * (no event named one: then none can repeat an earlier event).
  */
 int tr_eventstore_check_events(json_t *body, json_t **events, char *detail, size_t len);
+int tr_eventstore_check_append(json_t *body, json_t **events, bool *ids_made, char *detail,
+                               size_t len);
 
 /* A stream name is 1..200 bytes, no control characters, not starting with '$'. */
 bool tr_eventstore_valid_stream(const char *name, size_t len);

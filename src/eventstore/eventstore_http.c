@@ -255,14 +255,7 @@ static void on_append_end(tr_http_req_t *req)
         return reject(req, c, 400, "bad-json", detail);
     }
     char detail[256];
-    /* No event names an id: the store makes them all, and they cannot repeat an earlier one. */
-    bool named = json_is_object(body) ? json_object_get(body, "id") != NULL : false;
-    size_t i;
-    json_t *ev;
-    if (json_is_array(body))
-        json_array_foreach(body, i, ev) named = named || json_object_get(ev, "id");
-    int st = tr_eventstore_check_events(body, &c->w.events, detail, sizeof(detail));
-    c->w.ids_made = !named;
+    int st = tr_eventstore_check_append(body, &c->w.events, &c->w.ids_made, detail, sizeof(detail));
     json_decref(body);
     if (st) return reject(req, c, st, "bad-request", detail);
     submit(c);
