@@ -38,10 +38,11 @@ PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-start_store() { # $1: data dir, $2: sync mode
+# Starts `trellis <args>` on the server core in place of the server before; sets PID and
+# ADDR (from its "listening" log line, 10 s at most).
+start_server() {
   [ -n "$PID" ] && { kill "$PID"; wait "$PID" 2>/dev/null || true; }
-  $SERVER_CORE "$TRELLIS" eventstore --listen 127.0.0.1:0 --data-dir "$1" --sync "$2" \
-    --log-format json 2> "$WORK/store.log" &
+  $SERVER_CORE "$TRELLIS" "$@" --listen 127.0.0.1:0 --log-format json 2> "$WORK/store.log" &
   PID=$!
   ADDR=""
   for _ in $(seq 1 200); do
@@ -49,8 +50,10 @@ start_store() { # $1: data dir, $2: sync mode
     [ -n "$ADDR" ] && break
     sleep 0.05
   done
-  [ -n "$ADDR" ] || { echo "bench/eventstore.sh: the store did not start:" >&2; cat "$WORK/store.log" >&2; exit 1; }
+  [ -n "$ADDR" ] || { echo "bench/eventstore.sh: trellis $1 did not start:" >&2; cat "$WORK/store.log" >&2; exit 1; }
 }
+
+start_store() { start_server eventstore --data-dir "$1" --sync "$2"; } # $1: data dir, $2: sync
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -96,13 +99,5 @@ phase "append 100 events/req, sync=full" "$APPEND_GOAL" append --batch 100 --con
 
 # The floor under single-event appends: the same requests answered 201 by `trellis echo`
 # (one worker, on the store's core) without storing anything.
-kill "$PID"; wait "$PID" 2>/dev/null || true
-$SERVER_CORE "$TRELLIS" echo --listen 127.0.0.1:0 --workers 1 --log-format json 2> "$WORK/store.log" &
-PID=$!
-ADDR=""
-for _ in $(seq 1 200); do
-  ADDR=$(grep -o '"addr":"[^"]*"' "$WORK/store.log" 2>/dev/null | tail -1 | cut -d'"' -f4 || true)
-  [ -n "$ADDR" ] && break
-  sleep 0.05
-done
-[ -n "$ADDR" ] && phase "HTTP floor: trellis echo 201" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --floor 1
+start_server echo --workers 1
+phase "HTTP floor: trellis echo 201" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --floor 1

@@ -146,8 +146,8 @@ int tr_sqlite_checkpointer_start(sqlite3 *writer, const char *path, int pages, u
 {
     tr_sqlite_checkpointer_t *c = tr_calloc(1, sizeof(*c));
     c->writer = writer;
-    c->pages = pages > 0 ? pages : 1000;
-    c->gap_ms = gap_ms;
+    c->pages = pages > 0 ? pages : TR_SQLITE_CKPT_PAGES;
+    c->gap_ms = gap_ms ? gap_ms : TR_SQLITE_CKPT_GAP_MS;
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(err, errlen, "%s: cannot open for checkpoints: %s", path,

@@ -32,6 +32,10 @@ int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
  */
 typedef struct tr_sqlite_checkpointer_s tr_sqlite_checkpointer_t;
 
+#define TR_SQLITE_CKPT_PAGES  1000 /* WAL pages (4 MiB) that ask for a checkpoint: SQLite's own */
+#define TR_SQLITE_CKPT_GAP_MS 200  /* between two checkpoints */
+
+/* `pages` and `gap_ms` 0: the defaults above. */
 int tr_sqlite_checkpointer_start(sqlite3 *writer, const char *path, int pages, unsigned gap_ms,
                                  tr_sqlite_checkpointer_t **out, char *err, size_t errlen);
 /* Stops the thread (after a checkpoint in progress) and closes its connection; NULL is a

@@ -125,7 +125,7 @@ int tr_store_open(const char *path, tr_store_t **out, char *err, size_t errlen)
     tr_store_t *st = tr_calloc(1, sizeof(*st));
     st->db = db;
     rc = load_index(st, path, err, errlen);
-    if (rc == 0) rc = tr_sqlite_checkpointer_start(db, path, 1000, 200, &st->ckpt, err, errlen);
+    if (rc == 0) rc = tr_sqlite_checkpointer_start(db, path, 0, 0, &st->ckpt, err, errlen);
     if (rc < 0) {
         tr_store_close(st);
         return rc;

@@ -66,7 +66,7 @@ int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t e
         return TR_EIO;
     }
     sqlite3_busy_timeout(e->wdb, 5000);
-    if (tr_sqlite_checkpointer_start(e->wdb, e->db_path, 1000, 200, &e->ckpt, err, errlen)) {
+    if (tr_sqlite_checkpointer_start(e->wdb, e->db_path, 0, 0, &e->ckpt, err, errlen)) {
         sqlite3_close(e->wdb);
         sqlite3_close(e->db);
         e->db = e->wdb = NULL;
@@ -92,15 +92,6 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
 {
     if (s)
         sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-/* For the writer: the rows outlive the statement's step, no copy needed. */
-static void bind_row_text(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, i);
 }
@@ -237,19 +228,19 @@ void tr__saga_commit_free(tr__saga_commit_t *c)
 
 static int write_saga(sqlite3_stmt *st, const saga_row_t *r)
 {
-    bind_row_text(st, 1, r->id);
-    bind_row_text(st, 2, r->name);
-    bind_row_text(st, 3, r->def_json);
-    bind_row_text(st, 4, r->input_json);
-    bind_row_text(st, 5, r->state);
-    bind_row_text(st, 6, r->stuck_from);
+    bind_text(st, 1, r->id);
+    bind_text(st, 2, r->name);
+    bind_text(st, 3, r->def_json);
+    bind_text(st, 4, r->input_json);
+    bind_text(st, 5, r->state);
+    bind_text(st, 6, r->stuck_from);
     sqlite3_bind_int64(st, 7, r->cur);
     sqlite3_bind_int(st, 8, r->comp_phase);
     sqlite3_bind_int(st, 9, r->pivot_passed);
-    bind_row_text(st, 10, r->error);
-    bind_row_text(st, 11, r->idem_key);
-    bind_row_text(st, 12, r->trace);
-    bind_row_text(st, 13, r->root);
+    bind_text(st, 10, r->error);
+    bind_text(st, 11, r->idem_key);
+    bind_text(st, 12, r->trace);
+    bind_text(st, 13, r->root);
     sqlite3_bind_int64(st, 14, r->created_ms);
     sqlite3_bind_int64(st, 15, r->updated_ms);
     return step_done(st);
@@ -257,15 +248,15 @@ static int write_saga(sqlite3_stmt *st, const saga_row_t *r)
 
 static int write_call(sqlite3_stmt *st, const call_row_t *r)
 {
-    bind_row_text(st, 1, r->saga_id);
+    bind_text(st, 1, r->saga_id);
     sqlite3_bind_int64(st, 2, r->step);
-    bind_row_text(st, 3, r->phase);
-    bind_row_text(st, 4, r->state);
+    bind_text(st, 3, r->phase);
+    bind_text(st, 4, r->state);
     sqlite3_bind_int(st, 5, r->uncertain);
     sqlite3_bind_int64(st, 6, r->attempts);
     sqlite3_bind_int(st, 7, r->status);
-    bind_row_text(st, 8, r->error);
-    bind_row_text(st, 9, r->response_json);
+    bind_text(st, 8, r->error);
+    bind_text(st, 9, r->response_json);
     sqlite3_bind_int64(st, 10, r->started_ms);
     sqlite3_bind_int64(st, 11, r->finished_ms);
     return step_done(st);

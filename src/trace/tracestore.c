@@ -18,8 +18,6 @@
 #define DEFAULT_MAX_TRACE_SPANS 10000
 #define MAX_PENDING_CHILDREN    100000
 #define MAX_EDGES               100000
-#define CHECKPOINT_PAGES        1000 /* WAL pages (4 MiB) that ask for a checkpoint */
-#define CHECKPOINT_GAP_MS       200  /* between two checkpoints */
 
 /* Rows deleted per retention step, so one sweep never holds the loop for long. */
 #define SWEEP_CHUNK 20000
@@ -142,8 +140,7 @@ static int db_open(tr_tracestore_t *st, char *err, size_t errlen)
             rc = TR_EIO;
         }
     if (rc == 0)
-        rc = tr_sqlite_checkpointer_start(st->db, st->o.path, CHECKPOINT_PAGES, CHECKPOINT_GAP_MS,
-                                          &st->ckpt, err, errlen);
+        rc = tr_sqlite_checkpointer_start(st->db, st->o.path, 0, 0, &st->ckpt, err, errlen);
     return rc;
 }
 
