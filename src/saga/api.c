@@ -58,6 +58,15 @@ typedef struct start_s {
     uint64_t wait_ms;
 } start_t;
 
+/* A correlation id the saga passes on: 1 to 128 visible ASCII characters. */
+static bool usable_correlation(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++)
+        if (n >= 128 || v[n] <= ' ' || v[n] > '~') return false;
+    return n > 0;
+}
+
 static void on_start_body(tr_http_req_t *req, json_t *input, void *data)
 {
     start_t *st = data;
@@ -90,7 +99,16 @@ static void on_start_body(tr_http_req_t *req, json_t *input, void *data)
             return;
         }
     }
-    saga_t *s = tr__saga_new(e, def, input, NULL, key && *key ? key : NULL);
+    /* Started by a traced request (a gateway route, a service): the saga and its steps join
+     * that trace, under the request's span. */
+    const char *tp = tr_http_req_header(req, "traceparent");
+    tr_trace_ctx_t parent;
+    bool traced = tp && !tr_trace_parse_traceparent(tp, strlen(tp), &parent);
+    const char *corr = tr_http_req_header(req, "x-correlation-id");
+    tr__saga_origin_t origin = {.idem_key = key && *key ? key : NULL,
+                                .parent = traced ? &parent : NULL,
+                                .correlation = corr && usable_correlation(corr) ? corr : NULL};
+    saga_t *s = tr__saga_new(e, def, input, NULL, &origin);
     tr_log_info("saga started", TR_LOG_STR("saga", s->id), TR_LOG_STR("name", def->name));
     tr__saga_mark(s);
     tr__saga_advance(s);

@@ -365,7 +365,7 @@ static void client_span(saga_lane_t *l, int status, const char *error)
         {.key = "saga.id", .type = TR_ATTR_STRING, .v.s = s->id},
         {.key = "peer.service", .type = TR_ATTR_STRING, .v.s = lane_def(l)->service},
         {.key = "http.response.status_code", .type = TR_ATTR_INT, .v.i = status},
-        {.key = "correlation_id", .type = TR_ATTR_STRING, .v.s = s->id},
+        {.key = "correlation_id", .type = TR_ATTR_STRING, .v.s = tr__saga_correlation(s)},
     };
     tr_span_t sp = {.name = name,
                     .kind = TR_SPAN_CLIENT,
@@ -484,7 +484,7 @@ static void send_call(saga_lane_t *l)
     tr_http_client_header_t h[4] = {
         {"idempotency-key", 15, key, strlen(key)},
         {"traceparent", 11, traceparent, TR_TRACEPARENT_LEN},
-        {"x-correlation-id", 16, s->id, strlen(s->id)},
+        {"x-correlation-id", 16, tr__saga_correlation(s), strlen(tr__saga_correlation(s))},
         {"content-type", 12, "application/json", 16},
     };
     tr_http_client_request_t rq = {.method = cd->method,
@@ -530,10 +530,16 @@ static void on_lane_closed(uv_handle_t *h)
     free(s->lanes);
     free(s->error);
     free(s->idem_key);
+    free(s->correlation);
     json_decref(s->ctx);
     tr__saga_def_release(s->def);
     free(s);
     if (--e->open_handles == 0 && e->closing && e->done) e->done(e->done_data);
+}
+
+const char *tr__saga_correlation(const saga_t *s)
+{
+    return s->correlation ? s->correlation : s->id;
 }
 
 static void root_span(saga_t *s)
@@ -556,6 +562,7 @@ static void root_span(saga_t *s)
                     .nattrs = 2};
     memcpy(sp.trace_id, s->trace_id, 16);
     memcpy(sp.span_id, s->root_span, 8);
+    memcpy(sp.parent_span_id, s->parent_span, 8);
     s->e->spans.emit(s->e->spans.data, &sp);
 }
 
@@ -702,7 +709,7 @@ static void on_prepare(uv_prepare_t *p)
 /* ---- creating sagas ---- */
 
 saga_t *tr__saga_new(tr_saga_engine_t *e, tr__saga_def_t *def, json_t *input, const char *id,
-                     const char *idem_key)
+                     const tr__saga_origin_t *origin)
 {
     saga_t *s = tr_calloc(1, sizeof(*s));
     s->e = e;
@@ -713,13 +720,16 @@ saga_t *tr__saga_new(tr_saga_engine_t *e, tr__saga_def_t *def, json_t *input, co
         s->action[i].state = s->comp[i].state = 'p';
     tr_trace_ctx_t tc = {0};
     tr_trace_new_ids(&tc, true);
-    memcpy(s->trace_id, tc.trace_id, 16);
-    memcpy(s->root_span, tc.span_id, 8);
     if (id)
         snprintf(s->id, sizeof(s->id), "%s", id);
     else
-        tr_trace_hex_encode(s->trace_id, 16, s->id);
-    s->idem_key = idem_key ? tr_strdup(idem_key) : NULL;
+        tr_trace_hex_encode(tc.trace_id, 16, s->id); /* random, whatever trace it joins */
+    const tr_trace_ctx_t *parent = origin->parent;
+    memcpy(s->trace_id, parent ? parent->trace_id : tc.trace_id, 16);
+    memcpy(s->root_span, tc.span_id, 8);
+    if (parent) memcpy(s->parent_span, parent->span_id, 8);
+    s->correlation = origin->correlation ? tr_strdup(origin->correlation) : NULL;
+    s->idem_key = origin->idem_key ? tr_strdup(origin->idem_key) : NULL;
     s->created_ms = s->updated_ms = wall_ms();
     s->ctx = json_pack("{sO,s{},s{ss}}", "input", input, "steps", "saga", "id", s->id);
     s->lanes = tr_calloc(def->nsteps, sizeof(*s->lanes));

@@ -74,9 +74,11 @@ typedef struct saga_s {
     size_t cur;
     bool comp_phase;
     bool pivot_passed;
-    char *error;    /* why it compensates / is stuck */
-    char *idem_key; /* of the start request, or NULL */
+    char *error;       /* why it compensates / is stuck */
+    char *idem_key;    /* of the start request, or NULL */
+    char *correlation; /* x-correlation-id of the start request, or NULL: the saga's id */
     uint8_t trace_id[16], root_span[8];
+    uint8_t parent_span[8]; /* the starting request's span (all zero: the saga began its trace) */
     uint64_t created_ms, updated_ms;
     saga_call_t *action, *comp; /* per step */
     saga_lane_t *lanes;         /* per step */
@@ -161,8 +163,19 @@ json_t *tr__saga_store_list(struct tr_saga_engine_s *e, const char *name, const 
 bool tr__saga_store_by_key(struct tr_saga_engine_s *e, const char *key, char *id);
 
 /* engine.c */
+/* What a start request tells about a new saga; every field may be NULL. */
+typedef struct {
+    const char *idem_key;         /* its Idempotency-Key */
+    const tr_trace_ctx_t *parent; /* its trace context: the saga joins that trace */
+    const char *correlation;      /* its x-correlation-id: every step call carries it */
+} tr__saga_origin_t;
+
+/* A saga in memory: a new one (id NULL, its own random id), or one loaded from the store. */
 saga_t *tr__saga_new(struct tr_saga_engine_s *e, tr__saga_def_t *def, json_t *input, const char *id,
-                     const char *idem_key);
+                     const tr__saga_origin_t *origin);
+
+/* The x-correlation-id of the saga's calls. */
+const char *tr__saga_correlation(const saga_t *s);
 void tr__saga_mark(saga_t *s);
 void tr__saga_advance(saga_t *s);
 void tr__saga_add_waiter(saga_t *s, tr_http_req_t *req, bool accept_only, uint64_t wait_ms);

@@ -24,6 +24,9 @@ static const char *const migrations[] = {
     " uncertain INTEGER NOT NULL, attempts INTEGER NOT NULL, status INTEGER, error TEXT,"
     " response_json TEXT, started_ms INTEGER, finished_ms INTEGER,"
     " PRIMARY KEY (saga_id, step, phase)) WITHOUT ROWID;",
+    /* 2: a saga started by a traced request joins its trace, under the request's span */
+    "ALTER TABLE saga ADD COLUMN parent_span TEXT;"
+    "ALTER TABLE saga ADD COLUMN correlation_id TEXT;",
 };
 
 int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t errlen)
@@ -108,9 +111,9 @@ static int step_done(sqlite3_stmt *st)
 
 /* One saga row as it is at the snapshot. */
 typedef struct saga_row_s {
-    char *id, *name, *def_json, *input_json, *error, *idem_key;
+    char *id, *name, *def_json, *input_json, *error, *idem_key, *correlation;
     const char *state, *stuck_from;
-    char trace[33], root[17];
+    char trace[33], root[17], parent[17]; /* parent "": none */
     int64_t cur, created_ms, updated_ms;
     int comp_phase, pivot_passed;
 } saga_row_t;
@@ -161,6 +164,7 @@ static void snap_saga(saga_row_t *r, saga_t *s)
         .input_json = s->inserted ? tr_strdup("") : json_text(json_object_get(s->ctx, "input")),
         .error = dup_or_null(s->error),
         .idem_key = dup_or_null(s->idem_key),
+        .correlation = dup_or_null(s->correlation),
         .state = tr__saga_state_name(s->state),
         .stuck_from = s->state == SAGA_STUCK ? tr__saga_state_name(s->stuck_from) : NULL,
         .cur = (int64_t)s->cur,
@@ -170,6 +174,7 @@ static void snap_saga(saga_row_t *r, saga_t *s)
         .pivot_passed = s->pivot_passed};
     tr_trace_hex_encode(s->trace_id, 16, r->trace);
     tr_trace_hex_encode(s->root_span, 8, r->root);
+    if (!tr_trace_id_is_zero(s->parent_span, 8)) tr_trace_hex_encode(s->parent_span, 8, r->parent);
 }
 
 tr__saga_commit_t *tr__saga_store_snapshot(tr_saga_engine_t *e)
@@ -216,7 +221,7 @@ void tr__saga_commit_free(tr__saga_commit_t *c)
     for (size_t i = 0; i < c->nsagas; i++) {
         saga_row_t *r = &c->sagas[i];
         free(r->id), free(r->name), free(r->def_json), free(r->input_json);
-        free(r->error), free(r->idem_key);
+        free(r->error), free(r->idem_key), free(r->correlation);
     }
     for (size_t i = 0; i < c->ncalls; i++)
         free(c->calls[i].error), free(c->calls[i].response_json);
@@ -243,6 +248,8 @@ static int write_saga(sqlite3_stmt *st, const saga_row_t *r)
     bind_text(st, 13, r->root);
     sqlite3_bind_int64(st, 14, r->created_ms);
     sqlite3_bind_int64(st, 15, r->updated_ms);
+    bind_text(st, 16, r->parent[0] ? r->parent : NULL);
+    bind_text(st, 17, r->correlation);
     return step_done(st);
 }
 
@@ -266,8 +273,8 @@ int tr__saga_store_write(tr__saga_commit_t *c)
 {
     static const char saga_sql[] =
         "INSERT INTO saga (id, name, def_json, input_json, state, stuck_from, cur, comp_phase,"
-        " pivot_passed, error, idem_key, trace_id, root_span, created_ms, updated_ms)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
+        " pivot_passed, error, idem_key, trace_id, root_span, created_ms, updated_ms, parent_span,"
+        " correlation_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
         " state = excluded.state, stuck_from = excluded.stuck_from, cur = excluded.cur,"
         " comp_phase = excluded.comp_phase, pivot_passed = excluded.pivot_passed,"
         " error = excluded.error, updated_ms = excluded.updated_ms";
@@ -361,7 +368,8 @@ static saga_t *load_one(tr_saga_engine_t *e, sqlite3_stmt *st)
         json_decref(input);
         return NULL;
     }
-    saga_t *s = tr__saga_new(e, def, input ? input : json_object(), id, col_text(st, 10));
+    tr__saga_origin_t origin = {.idem_key = col_text(st, 10), .correlation = col_text(st, 15)};
+    saga_t *s = tr__saga_new(e, def, input ? input : json_object(), id, &origin);
     tr__saga_def_release(def);
     json_decref(input);
     s->state = (saga_state_t)tr__saga_state_parse(col_text(st, 4));
@@ -373,6 +381,7 @@ static saga_t *load_one(tr_saga_engine_t *e, sqlite3_stmt *st)
     s->error = col_text(st, 9) ? tr_strdup(col_text(st, 9)) : NULL;
     tr_trace_hex_decode(col_text(st, 11), 32, s->trace_id);
     tr_trace_hex_decode(col_text(st, 12), 16, s->root_span);
+    if (col_text(st, 14)) tr_trace_hex_decode(col_text(st, 14), 16, s->parent_span);
     s->created_ms = (uint64_t)sqlite3_column_int64(st, 13);
     s->inserted = true;
     if (s->cur >= def->nsteps && s->state != SAGA_RUNNING) s->cur = def->nsteps - 1;
@@ -382,10 +391,11 @@ static saga_t *load_one(tr_saga_engine_t *e, sqlite3_stmt *st)
 
 int tr__saga_store_load(tr_saga_engine_t *e)
 {
-    sqlite3_stmt *st = prepare(e, "SELECT id, name, def_json, input_json, state, stuck_from, cur,"
-                                  " comp_phase, pivot_passed, error, idem_key, trace_id,"
-                                  " root_span, created_ms FROM saga WHERE state IN"
-                                  " ('running', 'compensating', 'stuck') ORDER BY created_ms");
+    sqlite3_stmt *st =
+        prepare(e, "SELECT id, name, def_json, input_json, state, stuck_from, cur,"
+                   " comp_phase, pivot_passed, error, idem_key, trace_id,"
+                   " root_span, created_ms, parent_span, correlation_id FROM saga WHERE state IN"
+                   " ('running', 'compensating', 'stuck') ORDER BY created_ms");
     if (!st) return TR_EIO;
     int n = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -455,11 +465,13 @@ static json_t *steps_json(tr_saga_engine_t *e, const char *id, const json_t *def
 static json_t *saga_row_json(tr_saga_engine_t *e, sqlite3_stmt *st, bool full)
 {
     const char *id = col_text(st, 0);
-    json_t *o = json_pack("{ss,ss,ss,ss?,sb,ss?,ss,sI,sI}", "id", id, "name", col_text(st, 1),
-                          "state", col_text(st, 4), "error", col_text(st, 9), "pivot_passed",
-                          sqlite3_column_int(st, 8), "idempotency_key", col_text(st, 10),
-                          "trace_id", col_text(st, 11), "created_ms", sqlite3_column_int64(st, 13),
-                          "updated_ms", sqlite3_column_int64(st, 14));
+    const char *corr = col_text(st, 15);
+    json_t *o =
+        json_pack("{ss,ss,ss,ss?,sb,ss?,ss,ss,sI,sI}", "id", id, "name", col_text(st, 1), "state",
+                  col_text(st, 4), "error", col_text(st, 9), "pivot_passed",
+                  sqlite3_column_int(st, 8), "idempotency_key", col_text(st, 10), "trace_id",
+                  col_text(st, 11), "correlation_id", corr ? corr : id, "created_ms",
+                  sqlite3_column_int64(st, 13), "updated_ms", sqlite3_column_int64(st, 14));
     if (full) {
         json_t *def = col_json(st, 2), *input = col_json(st, 3);
         json_object_set_new(o, "input", input ? input : json_null());
@@ -471,7 +483,7 @@ static json_t *saga_row_json(tr_saga_engine_t *e, sqlite3_stmt *st, bool full)
 
 #define SAGA_COLUMNS                                                                               \
     "id, name, def_json, input_json, state, stuck_from, cur, comp_phase, pivot_passed, error,"     \
-    " idem_key, trace_id, root_span, created_ms, updated_ms"
+    " idem_key, trace_id, root_span, created_ms, updated_ms, correlation_id"
 
 json_t *tr__saga_store_get(tr_saga_engine_t *e, const char *id)
 {

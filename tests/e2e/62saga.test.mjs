@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { startUp, echoService } from './lib/up.mjs';
@@ -175,10 +176,37 @@ describe('sagas in trellis up', () => {
   });
 
   test('a gateway route starts a saga (the control plane is service `trellis` in its registry)', async () => {
-    const r = await request(up.gatewayPort, '/api/v1/orders', { method: 'POST', body: JSON.stringify({ n: 3, code: 'gw' }), headers: { 'content-type': 'application/json' } });
+    const traceId = randomBytes(16).toString('hex');
+    const r = await request(up.gatewayPort, '/api/v1/orders', {
+      method: 'POST',
+      body: JSON.stringify({ n: 3, code: 'gw' }),
+      headers: { 'content-type': 'application/json', traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`, 'x-correlation-id': 'client-order-1' },
+    });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.state, 'completed');
-    assert.equal(part.byKey(`${r.json.id}:c:action`)[0].path, '/c/gw');
+    const [c] = part.byKey(`${r.json.id}:c:action`);
+    assert.equal(c.path, '/c/gw');
+    // The saga joins the client's trace and passes its correlation id on to every step.
+    assert.equal(r.json.trace_id, traceId);
+    assert.notEqual(r.json.id, traceId, 'the saga id is its own, not the trace id');
+    assert.equal(r.json.correlation_id, 'client-order-1');
+    assert.match(c.headers.traceparent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    assert.equal(c.headers['x-correlation-id'], 'client-order-1');
+    const t = await until(async () => {
+      const x = await up.api(`/api/traces/${traceId}`);
+      const names = (x.json?.spans || []).map((sp) => sp.name);
+      return names.includes('saga ok') && names.includes('saga ok c action') ? x.json : undefined;
+    }, { timeout: ms(10000), what: 'the saga spans in the client\'s trace' });
+    const root = t.spans.find((sp) => sp.name === 'saga ok');
+    const gw = t.spans.find((sp) => sp.spanId === root.parentSpanId);
+    assert.equal(gw?.service, 'gateway', `the saga's span is a child of the gateway's: ${t.spans.map((sp) => `${sp.service}:${sp.name}`).join(', ')}`);
+    // The client's Idempotency-Key reaches the control plane: a retry is the same saga.
+    const once = { method: 'POST', body: JSON.stringify({ n: 4, code: 'idem' }), headers: { 'content-type': 'application/json', 'idempotency-key': `gw-${traceId}` } };
+    const first = await request(up.gatewayPort, '/api/v1/orders', once);
+    const again = await request(up.gatewayPort, '/api/v1/orders', once);
+    assert.equal(first.json.state, 'completed', first.text);
+    assert.equal(again.json.id, first.json.id);
+    assert.equal(part.byKey(`${first.json.id}:c:action`).length, 1, 'the steps ran once');
   });
 
   test('a step that says no: the completed steps are compensated in reverse order', async () => {
