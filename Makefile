@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEMO_ARGS ?=
 NODE_TEST_FLAGS ?= --test-concurrency=1
 
-.PHONY: all build deps demo test test-demo test-unit test-e2e test-interop test-asan format format-check bench bench-http bench-gateway bench-shop fuzz clean
+.PHONY: all build deps demo test test-demo test-unit test-e2e test-interop test-asan format format-check bench bench-http bench-gateway bench-shop bench-registry bench-collector bench-saga fuzz clean
 
 all: build
 
@@ -60,7 +60,7 @@ test-asan: $(ASAN_BUILD)/build.ninja
 test: deps format-check
 	$(MAKE) test-unit test-e2e test-demo test-interop test-asan
 
-bench: bench-http bench-gateway
+bench: bench-http bench-gateway bench-registry bench-collector bench-saga bench-shop
 
 # The shop through the gateway (wrk, JWT on every request) and its services' idle RSS.
 bench-shop: deps build
@@ -71,6 +71,19 @@ bench-http: deps build
 
 bench-gateway: deps build
 	bench/gateway.sh
+
+# The registry against Consul's API load; the collector's OTLP ingest.
+bench-registry: deps build
+	bench/registry.sh
+
+bench-collector: deps build
+	bench/collector.sh
+
+# Durable sagas (sync normal, then an fsync per commit) and the event store's appends and reads.
+bench-saga: deps build
+	bench/saga.sh
+	bench/saga.sh --sync full
+	bench/eventstore.sh
 
 $(FUZZ_BUILD)/build.ninja:
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -G Ninja -DTR_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
