@@ -231,7 +231,8 @@ static int open_db(const char *path, sqlite3 **out, bool writer, char *err, size
     if (writer) {
         rc = tr_sqlite_exec(db,
                             "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL;"
-                            " PRAGMA synchronous=NORMAL;",
+                            " PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;"
+                            " PRAGMA cache_size=-32768;",
                             err, errlen, path);
         if (rc == 0) rc = migrate(db, path, err, errlen);
     }
