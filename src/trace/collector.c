@@ -18,10 +18,27 @@
 #define DEFAULT_LIMIT 20
 #define MAX_LIMIT     1000
 
+typedef struct ingest_job_s ingest_job_t;
+
+/*
+ * The loop decodes a request's spans and admits them; a thread-pool thread writes them to
+ * SQLite, one write at a time, each write taking every batch that queued up meanwhile (a
+ * group commit), and the retention's deletes when due; the loop then indexes them and
+ * answers. In `trellis up` the loop is also the gateway's worker 0, which no longer runs
+ * the inserts, their WAL writes and the writer's own checkpoints.
+ */
 struct tr_collector_s {
     tr_tracestore_t *store;
+    uv_loop_t *loop;
     uv_timer_t timer;
     bool timer_started;
+    uv_work_t work;
+    bool writing;                     /* a write is on the thread pool */
+    bool closing;                     /* closed: free once the write in progress is back */
+    ingest_job_t *queue, *queue_tail; /* admitted, waiting for the next write */
+    ingest_job_t *group;              /* the write in progress */
+    uint64_t sweep_at;    /* the next write also applies retention as of this time (0: no) */
+    uint64_t group_sweep; /* the write in progress applies it as of this time (0: no) */
 };
 
 typedef struct ingest_s {
@@ -29,7 +46,19 @@ typedef struct ingest_s {
     bool zipkin;
     bool done;
     tr_buf_t body;
+    ingest_job_t *job; /* its spans on their way to SQLite */
 } ingest_t;
+
+/* A request's spans between admission and settling; outlives the request if it is aborted. */
+struct ingest_job_s {
+    tr_http_req_t *req; /* NULL once the client went away */
+    ingest_t *in;
+    bool zipkin;
+    tr_span_batch_t b;
+    tr_tracestore_admitted_t *admitted;
+    int rc;
+    ingest_job_t *next;
+};
 
 static uint64_t wall_ms(void)
 {
@@ -40,10 +69,19 @@ static uint64_t wall_ms(void)
 
 /* ---- set-up */
 
+static void write_next(tr_collector_t *c);
+
 static void on_sweep(uv_timer_t *t)
 {
     tr_collector_t *c = t->data;
-    tr_tracestore_sweep(c->store, wall_ms());
+    uint64_t now = wall_ms();
+    if (!tr_tracestore_persistent(c->store)) {
+        tr_tracestore_sweep(c->store, now);
+        return;
+    }
+    tr_tracestore_sweep_memory(c->store, now);
+    c->sweep_at = now;
+    write_next(c);
 }
 
 int tr_collector_open(uv_loop_t *loop, const tr_collector_options_t *opts, tr_collector_t **out,
@@ -63,6 +101,7 @@ int tr_collector_open(uv_loop_t *loop, const tr_collector_options_t *opts, tr_co
         so.path = path;
     }
     tr_collector_t *c = tr_calloc(1, sizeof(*c));
+    c->loop = loop;
     int rc = tr_tracestore_open(&so, &c->store, err, errlen);
     if (rc) {
         free(c);
@@ -82,11 +121,26 @@ int tr_collector_open(uv_loop_t *loop, const tr_collector_options_t *opts, tr_co
     return 0;
 }
 
+static void answer_job(tr_collector_t *c, ingest_job_t *j);
+
+/* Frees the collector once no write is on the thread pool; queued batches get 503. */
+static void finish_close(tr_collector_t *c)
+{
+    while (c->queue) {
+        ingest_job_t *j = c->queue;
+        c->queue = j->next;
+        j->rc = TR_ECANCELED;
+        answer_job(c, j);
+    }
+    tr_tracestore_close(c->store);
+    free(c);
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     tr_collector_t *c = h->data;
-    tr_tracestore_close(c->store);
-    free(c);
+    c->closing = true;
+    if (!c->writing) finish_close(c);
 }
 
 void tr_collector_close(tr_collector_t *c)
@@ -158,6 +212,87 @@ static void on_ingest_body(tr_http_req_t *req, const char *data, size_t len)
     tr_buf_append(&in->body, data, len);
 }
 
+/* The request's answer once its spans were stored (or not). */
+static void answer(tr_http_req_t *req, bool zipkin, int rc, const tr_span_batch_t *b)
+{
+    if (rc == TR_ECANCELED)
+        tr_http_res_problem(req, 503, "shutting-down", "Collector shutting down",
+                            "the collector is stopping; nothing from this request was kept");
+    else if (rc < 0)
+        tr_http_res_problem(req, 503, "storage-failed", "Spans not stored",
+                            "the trace database could not be written; nothing from this request "
+                            "was kept, retry later (the collector's log says why)");
+    else if (zipkin)
+        tr_http_res_send(req, 202, NULL, NULL, 0);
+    else
+        answer_otlp(req, b);
+}
+
+/* Settles a job's spans in the store, answers its request if it is still there, frees it. */
+static void answer_job(tr_collector_t *c, ingest_job_t *j)
+{
+    tr_tracestore_settle(c->store, j->admitted, j->rc);
+    if (j->req) {
+        j->in->job = NULL;
+        ingest_finish(j->in); /* before the answer, which may end the request and free `in` */
+        answer(j->req, j->zipkin, j->rc, &j->b);
+    }
+    tr__span_batch_free(&j->b);
+    free(j);
+}
+
+static void on_write(uv_work_t *w)
+{
+    tr_collector_t *c = w->data;
+    size_t n = 0;
+    for (ingest_job_t *j = c->group; j; j = j->next)
+        n++;
+    if (n) {
+        tr_tracestore_admitted_t *stack[64];
+        tr_tracestore_admitted_t **a = n <= 64 ? stack : tr_malloc(n * sizeof(*a));
+        size_t i = 0;
+        for (ingest_job_t *j = c->group; j; j = j->next)
+            a[i++] = j->admitted;
+        int rc = tr_tracestore_write(c->store, a, n);
+        for (ingest_job_t *j = c->group; j; j = j->next)
+            j->rc = rc;
+        if (a != stack) free(a);
+    }
+    if (c->group_sweep) tr_tracestore_sweep_db(c->store, c->group_sweep);
+}
+
+static void on_written(uv_work_t *w, int status)
+{
+    (void)status; /* uv_cancel is never called: the write always ran */
+    tr_collector_t *c = w->data;
+    ingest_job_t *j = c->group;
+    c->group = NULL;
+    c->writing = false;
+    c->group_sweep = 0;
+    while (j) {
+        ingest_job_t *next = j->next;
+        answer_job(c, j);
+        j = next;
+    }
+    if (c->closing)
+        finish_close(c);
+    else
+        write_next(c);
+}
+
+/* Starts the next write when none is in progress and there is something to write. */
+static void write_next(tr_collector_t *c)
+{
+    if (c->writing || c->closing || (!c->queue && !c->sweep_at)) return;
+    c->group = c->queue;
+    c->queue = c->queue_tail = NULL;
+    c->group_sweep = c->sweep_at;
+    c->sweep_at = 0;
+    c->writing = true;
+    c->work.data = c;
+    uv_queue_work(c->loop, &c->work, on_write, on_written);
+}
+
 static void on_ingest_end(tr_http_req_t *req)
 {
     ingest_t *in = req->data;
@@ -168,18 +303,27 @@ static void on_ingest_end(tr_http_req_t *req)
     const char *body = in->body.data ? in->body.data : "";
     int rc = in->zipkin ? tr_ingest_zipkin(body, in->body.len, now, &b, err, sizeof(err))
                         : tr_ingest_otlp(body, in->body.len, now, &b, err, sizeof(err));
+    tr_collector_t *c = in->c;
     if (rc) {
         tr_http_res_problem(req, 400, "bad-span-batch",
                             in->zipkin ? "Invalid Zipkin span list" : "Invalid OTLP request", "%s",
                             err);
-    } else if (tr_tracestore_append(in->c->store, &b, now) < 0) {
-        tr_http_res_problem(req, 503, "storage-failed", "Spans not stored",
-                            "the trace database could not be written; nothing from this request "
-                            "was kept, retry later (the collector's log says why)");
-    } else if (in->zipkin) {
-        tr_http_res_send(req, 202, NULL, NULL, 0);
+    } else if (!tr_tracestore_persistent(c->store)) {
+        answer(req, in->zipkin, tr_tracestore_append(c->store, &b, now), &b);
     } else {
-        answer_otlp(req, &b);
+        /* The request stays open until its spans are written: answered by answer_job. */
+        tr_buf_free(&in->body);
+        ingest_job_t *j = tr_calloc(1, sizeof(*j));
+        *j = (ingest_job_t){.req = req, .in = in, .zipkin = in->zipkin, .b = b};
+        j->admitted = tr_tracestore_admit(c->store, &j->b, now);
+        in->job = j;
+        if (c->queue_tail)
+            c->queue_tail->next = j;
+        else
+            c->queue = j;
+        c->queue_tail = j;
+        write_next(c);
+        return;
     }
     tr__span_batch_free(&b);
     ingest_finish(in);
@@ -187,7 +331,13 @@ static void on_ingest_end(tr_http_req_t *req)
 
 static void on_ingest_abort(tr_http_req_t *req)
 {
-    ingest_finish(req->data);
+    ingest_t *in = req->data;
+    if (in->job) { /* its spans are still stored; nobody to answer */
+        in->job->req = NULL;
+        in->job->in = NULL;
+        in->job = NULL;
+    }
+    ingest_finish(in);
 }
 
 static bool header_has(tr_http_req_t *req, const char *name, const char *needle)

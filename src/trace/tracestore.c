@@ -45,6 +45,7 @@ static const char *const migrations[] = {
     "trace_id, span_id, parent_id, service, name, kind, start_ns, end_ns, status, error,"          \
     " correlation_id, status_message, recv_ms, detail"
 
+/* ST_INSERT and ST_LOAD run on the writer's connection, the others on the reader's. */
 enum { ST_INSERT, ST_BY_TRACE, ST_LOAD, ST_COUNT, NSTMTS };
 static const char *const stmt_sql[NSTMTS] = {
     "INSERT INTO spans (" SPAN_COLUMNS
@@ -56,10 +57,13 @@ static const char *const stmt_sql[NSTMTS] = {
 
 struct tr_tracestore_s {
     tr_tracestore_options_t o;
+    /* The writer's connection: tr_tracestore_write and tr_tracestore_sweep_db, on whatever
+     * thread runs them (the collector's: a thread-pool thread, one write at a time). */
     sqlite3 *db;
-    /* WAL checkpoints on a thread of their own: the store writes on the loop, which in
-     * `trellis up` is also the gateway's worker 0, and a checkpoint's copy and fsync took
-     * milliseconds there. */
+    /* The reader's: lookups and stats on the loop, which never wait for a write (WAL). */
+    sqlite3 *rdb;
+    /* WAL checkpoints on a thread of their own, so that neither the copy nor its fsync
+     * lands on the writer. */
     tr_sqlite_checkpointer_t *ckpt;
     sqlite3_stmt *stmts[NSTMTS];
     tr_idmap_t traces; /* hash(trace_id) → tr_trace_t */
@@ -133,12 +137,22 @@ static int db_open(tr_tracestore_t *st, char *err, size_t errlen)
         rc = TR_EIO;
     }
     if (rc == 0) rc = db_migrate(st, err, errlen);
-    for (int i = 0; rc == 0 && i < NSTMTS; i++)
-        if (sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmts[i],
+    if (rc == 0 &&
+        sqlite3_open_v2(st->o.path, &st->rdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK) {
+        snprintf(err, errlen, "%s: cannot open: %s", st->o.path,
+                 st->rdb ? sqlite3_errmsg(st->rdb) : "out of memory");
+        rc = TR_EIO;
+    }
+    if (rc == 0) sqlite3_busy_timeout(st->rdb, 5000);
+    for (int i = 0; rc == 0 && i < NSTMTS; i++) {
+        sqlite3 *conn = i == ST_INSERT || i == ST_LOAD ? st->db : st->rdb;
+        if (sqlite3_prepare_v3(conn, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmts[i],
                                NULL) != SQLITE_OK) {
-            snprintf(err, errlen, "%s: %s", st->o.path, sqlite3_errmsg(st->db));
+            snprintf(err, errlen, "%s: %s", st->o.path, sqlite3_errmsg(conn));
             rc = TR_EIO;
         }
+    }
     if (rc == 0)
         rc = tr_sqlite_checkpointer_start(st->db, st->o.path, 0, 0, &st->ckpt, err, errlen);
     return rc;
@@ -429,6 +443,7 @@ void tr_tracestore_close(tr_tracestore_t *st)
     tr_sqlite_checkpointer_stop(st->ckpt);
     for (int i = 0; i < NSTMTS; i++)
         sqlite3_finalize(st->stmts[i]);
+    if (st->rdb) sqlite3_close(st->rdb);
     if (st->db) sqlite3_close(st->db);
     free((char *)st->o.path);
     free(st);
@@ -436,12 +451,40 @@ void tr_tracestore_close(tr_tracestore_t *st)
 
 /* ---- append */
 
-static int db_append(tr_tracestore_t *st, tr_span_batch_t *b, const bool *accept)
+struct tr_tracestore_admitted_s {
+    tr_span_batch_t *b;
+    size_t n;     /* spans in b when admitted */
+    bool *accept; /* per span: within its trace's limit */
+};
+
+tr_tracestore_admitted_t *tr_tracestore_admit(tr_tracestore_t *st, tr_span_batch_t *b,
+                                              uint64_t now_ms)
+{
+    /* Arrival times never go backwards, whatever the clock does: retention relies on it. */
+    if (now_ms < st->last_recv_ms) now_ms = st->last_recv_ms;
+    st->last_recv_ms = now_ms;
+    tr_tracestore_admitted_t *a = tr_malloc(sizeof(*a) + (b->n ? b->n : 1) * sizeof(bool));
+    a->b = b;
+    a->n = b->n;
+    a->accept = (bool *)(a + 1);
+    for (size_t i = 0; i < b->n; i++) {
+        tr_cspan_t *sp = b->spans[i];
+        sp->recv_ms = now_ms;
+        tr_trace_t *t = trace_touch(st, sp->trace_id);
+        /* `incoming` counts spans admitted but not settled yet, of every batch in flight. */
+        a->accept[i] = t->n + t->incoming < st->o.max_trace_spans;
+        if (a->accept[i]) t->incoming++;
+    }
+    return a;
+}
+
+int tr_tracestore_write(tr_tracestore_t *st, tr_tracestore_admitted_t *const *a, size_t n)
 {
     if (!st->db) return 0;
     if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) goto fail;
-    for (size_t i = 0; i < b->n; i++)
-        if (accept[i] && !db_insert(st, b->spans[i])) goto fail;
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < a[k]->n; i++)
+            if (a[k]->accept[i] && !db_insert(st, a[k]->b->spans[i])) goto fail;
     if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
 fail:
     tr_log_error("trace store write failed", TR_LOG_STR("path", st->o.path),
@@ -450,37 +493,28 @@ fail:
     return TR_EIO;
 }
 
-int tr_tracestore_append(tr_tracestore_t *st, tr_span_batch_t *b, uint64_t now_ms)
+void tr_tracestore_settle(tr_tracestore_t *st, tr_tracestore_admitted_t *a, int rc)
 {
-    /* Arrival times never go backwards, whatever the clock does: retention relies on it. */
-    if (now_ms < st->last_recv_ms) now_ms = st->last_recv_ms;
-    st->last_recv_ms = now_ms;
-    bool stack[256], *accept = b->n <= 256 ? stack : tr_malloc(b->n);
-    tr_trace_t *stack_t[256], **traces = b->n <= 256 ? stack_t : tr_malloc(b->n * sizeof(*traces));
-    for (size_t i = 0; i < b->n; i++) {
-        tr_cspan_t *sp = b->spans[i];
-        sp->recv_ms = now_ms;
-        traces[i] = trace_touch(st, sp->trace_id);
-        accept[i] = traces[i]->n + traces[i]->incoming < st->o.max_trace_spans;
-        if (accept[i]) traces[i]->incoming++;
-    }
-    int rc = db_append(st, b, accept);
+    tr_span_batch_t *b = a->b;
     size_t kept = 0, dropped = 0;
-    for (size_t i = 0; i < b->n; i++) {
-        tr_trace_t *t = traces[i];
-        t->incoming = 0;
-        if (rc == 0 && accept[i]) {
-            index_span(st, t, b->spans[i]);
+    for (size_t i = 0; i < a->n; i++) {
+        tr_cspan_t *sp = b->spans[i];
+        /* Looked up again: a trace may have been evicted while its spans were written. */
+        tr_trace_t *t = trace_get(st, sp->trace_id);
+        if (a->accept[i] && t && t->incoming) t->incoming--;
+        if (rc == 0 && a->accept[i]) {
+            if (!t) t = trace_touch(st, sp->trace_id);
+            index_span(st, t, sp);
             continue;
         }
         if (rc == 0) dropped++;
-        b->spans[kept++] = b->spans[i];
+        b->spans[kept++] = sp;
     }
     b->n = kept;
     /* Traces made for spans that could not be stored hold nothing: forget them. */
     for (size_t i = 0; i < kept; i++) {
         tr_trace_t *t = trace_get(st, b->spans[i]->trace_id);
-        if (t && t->n == 0) evict(st, t);
+        if (t && t->n == 0 && t->incoming == 0) evict(st, t);
     }
     if (dropped) {
         char hex[33];
@@ -490,8 +524,19 @@ int tr_tracestore_append(tr_tracestore_t *st, tr_span_batch_t *b, uint64_t now_m
         b->rejected += dropped - 1;
     }
     enforce_memory_bound(st, NULL);
-    if (accept != stack) free(accept);
-    if (traces != stack_t) free(traces);
+    free(a);
+}
+
+bool tr_tracestore_persistent(const tr_tracestore_t *st)
+{
+    return st->db != NULL;
+}
+
+int tr_tracestore_append(tr_tracestore_t *st, tr_span_batch_t *b, uint64_t now_ms)
+{
+    tr_tracestore_admitted_t *a = tr_tracestore_admit(st, b, now_ms);
+    int rc = tr_tracestore_write(st, &a, 1);
+    tr_tracestore_settle(st, a, rc);
     return rc;
 }
 
@@ -505,7 +550,7 @@ int tr_tracestore_find(tr_tracestore_t *st, const uint8_t id[16], tr_trace_t **o
         *out = t;
         return 0;
     }
-    if (!st->db) return TR_ENOTFOUND;
+    if (!st->rdb) return TR_ENOTFOUND;
     sqlite3_stmt *s = stmt(st, ST_BY_TRACE);
     sqlite3_bind_int64(s, 1, trace_tkey(id));
     sqlite3_bind_blob(s, 2, id, 16, SQLITE_TRANSIENT);
@@ -629,18 +674,18 @@ static void sweep_age(tr_tracestore_t *st, uint64_t cutoff_ms)
         tr_log_warn("trace retention failed", TR_LOG_STR("reason", sqlite3_errmsg(st->db)));
 }
 
-static uint64_t db_used_bytes(tr_tracestore_t *st)
+static uint64_t db_used_bytes(sqlite3 *db)
 {
-    int64_t pages = db_int(st, "PRAGMA page_count"),
-            free_pages = db_int(st, "PRAGMA freelist_count");
-    int64_t size = db_int(st, "PRAGMA page_size");
+    int64_t pages = tr_sqlite_int(db, "PRAGMA page_count"),
+            free_pages = tr_sqlite_int(db, "PRAGMA freelist_count");
+    int64_t size = tr_sqlite_int(db, "PRAGMA page_size");
     return pages < 0 || free_pages < 0 || size < 0 ? 0 : (uint64_t)((pages - free_pages) * size);
 }
 
 /* Over the size limit, the oldest tenth of the rows goes, a few rounds at most per sweep. */
 static void sweep_size(tr_tracestore_t *st)
 {
-    for (int round = 0; round < 4 && db_used_bytes(st) > st->o.max_db_bytes; round++) {
+    for (int round = 0; round < 4 && db_used_bytes(st->db) > st->o.max_db_bytes; round++) {
         int64_t rows = db_int(st, "SELECT count(*) FROM spans");
         if (rows <= 0) break;
         char sql[160];
@@ -651,17 +696,33 @@ static void sweep_size(tr_tracestore_t *st)
     }
 }
 
-void tr_tracestore_sweep(tr_tracestore_t *st, uint64_t now_ms)
+static uint64_t retention_cutoff(const tr_tracestore_t *st, uint64_t now_ms)
 {
-    uint64_t cutoff =
-        st->o.retention_ms && now_ms > st->o.retention_ms ? now_ms - st->o.retention_ms : 0;
-    if (st->o.retention_ms)
-        while (st->oldest && st->oldest->last_recv_ms < cutoff)
-            evict(st, st->oldest);
+    return st->o.retention_ms && now_ms > st->o.retention_ms ? now_ms - st->o.retention_ms : 0;
+}
+
+void tr_tracestore_sweep_memory(tr_tracestore_t *st, uint64_t now_ms)
+{
+    uint64_t cutoff = retention_cutoff(st, now_ms);
+    if (!cutoff) return;
+    /* A trace with spans still on their way to SQLite stays until they are settled. */
+    while (st->oldest && st->oldest->last_recv_ms < cutoff && !st->oldest->incoming)
+        evict(st, st->oldest);
+}
+
+void tr_tracestore_sweep_db(tr_tracestore_t *st, uint64_t now_ms)
+{
     if (!st->db) return;
+    uint64_t cutoff = retention_cutoff(st, now_ms);
     if (cutoff) sweep_age(st, cutoff);
     if (st->o.max_db_bytes) sweep_size(st);
     sqlite3_exec(st->db, "PRAGMA incremental_vacuum", NULL, NULL, NULL);
+}
+
+void tr_tracestore_sweep(tr_tracestore_t *st, uint64_t now_ms)
+{
+    tr_tracestore_sweep_memory(st, now_ms);
+    tr_tracestore_sweep_db(st, now_ms);
 }
 
 void tr_tracestore_stats(tr_tracestore_t *st, tr_tracestore_stats_t *out)
@@ -669,9 +730,9 @@ void tr_tracestore_stats(tr_tracestore_t *st, tr_tracestore_stats_t *out)
     memset(out, 0, sizeof(*out));
     out->traces = st->ntraces;
     out->spans = st->nspans;
-    if (!st->db) return;
+    if (!st->rdb) return;
     sqlite3_stmt *s = stmt(st, ST_COUNT);
     if (sqlite3_step(s) == SQLITE_ROW) out->db_spans = (uint64_t)sqlite3_column_int64(s, 0);
     sqlite3_reset(s);
-    out->db_bytes = db_used_bytes(st);
+    out->db_bytes = db_used_bytes(st->rdb);
 }

@@ -48,9 +48,28 @@ void tr_tracestore_close(tr_tracestore_t *st);
  * Stores the spans of `b` in one transaction and indexes them. Spans it accepts move out of
  * the batch; spans over a trace's limit stay there and are counted in b->rejected with a
  * message. `now_ms` is the arrival time. Returns 0, or TR_EIO when SQLite failed (nothing
- * was stored and the batch is unchanged).
+ * was stored and the batch is unchanged). The same as the three steps below in a row.
  */
 int tr_tracestore_append(tr_tracestore_t *st, tr_span_batch_t *b, uint64_t now_ms);
+
+/*
+ * tr_tracestore_append in three steps, so that the SQLite write can run on another thread:
+ *   admit (the loop): decides which spans of `b` fit their trace's limit; `b` must stay
+ *     as it is until settled;
+ *   write (any one thread at a time, never two writes at once): stores the admitted spans
+ *     of `n` admitted batches in one transaction; touches nothing but the writer's
+ *     connection; 0 or TR_EIO;
+ *   settle (the loop): with write's result, indexes the stored spans (they leave the batch)
+ *     or leaves them in it, and frees `a`.
+ * Lookups and stats meanwhile read SQLite on a connection of their own.
+ */
+typedef struct tr_tracestore_admitted_s tr_tracestore_admitted_t;
+tr_tracestore_admitted_t *tr_tracestore_admit(tr_tracestore_t *st, tr_span_batch_t *b,
+                                              uint64_t now_ms);
+int tr_tracestore_write(tr_tracestore_t *st, tr_tracestore_admitted_t *const *a, size_t n);
+void tr_tracestore_settle(tr_tracestore_t *st, tr_tracestore_admitted_t *a, int rc);
+/* Whether the store has a SQLite file (write does nothing without one). */
+bool tr_tracestore_persistent(const tr_tracestore_t *st);
 
 /*
  * A trace by id: from memory, else from SQLite. Returns 0 and *out (with *owned true when
@@ -72,6 +91,10 @@ tr_deps_t *tr_tracestore_deps(tr_tracestore_t *st);
 
 /* Applies retention (age in memory and SQLite, size in SQLite). Bounded work per call. */
 void tr_tracestore_sweep(tr_tracestore_t *st, uint64_t now_ms);
+/* The two halves of a sweep: memory on the loop; SQLite where tr_tracestore_write runs (and
+ * never at the same time as a write). */
+void tr_tracestore_sweep_memory(tr_tracestore_t *st, uint64_t now_ms);
+void tr_tracestore_sweep_db(tr_tracestore_t *st, uint64_t now_ms);
 
 typedef struct tr_tracestore_stats_s {
     size_t traces, spans; /* in memory */

@@ -454,10 +454,58 @@ static void test_append_rate(void **state)
     fx_remove(&f);
 }
 
+/*
+ * The collector's path: admit two batches on the loop, write both in one transaction (on
+ * another thread there), settle each. The per-trace limit counts spans still in flight, and
+ * a trace evicted while its spans were being written is indexed again at settling.
+ */
+static void test_admit_write_settle(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_make(&f);
+    tr_tracestore_t *st = open_store(f.db, 3, 0); /* max 3 spans in memory, 5 per trace */
+    tr_span_batch_t b1 = {0}, b2 = {0};
+    for (uint8_t i = 1; i <= 4; i++)
+        tr__span_batch_add(&b1, mk(1, i, 0, "fe", "a", 1000, 10, false));
+    for (uint8_t i = 5; i <= 7; i++) /* 4 + 3 > 5: two of them over the limit */
+        tr__span_batch_add(&b2, mk(1, i, 0, "fe", "b", 1000, 10, false));
+    tr_tracestore_admitted_t *a[2] = {tr_tracestore_admit(st, &b1, 100),
+                                      tr_tracestore_admit(st, &b2, 100)};
+    assert_int_equal(tr_tracestore_write(st, a, 2), 0);
+    /* Meanwhile another trace arrives and the memory bound (3) evicts trace 1, which holds
+     * nothing yet: its spans are still being written. */
+    tr_span_batch_t b3 = {0};
+    for (uint8_t i = 1; i <= 4; i++)
+        tr__span_batch_add(&b3, mk(2, i, 0, "be", "c", 2000, 10, false));
+    append(st, &b3, 101);
+    tr_tracestore_settle(st, a[0], 0);
+    tr_tracestore_settle(st, a[1], 0);
+    assert_int_equal(b1.n, 0);
+    assert_int_equal(b2.n, 2); /* the two over the limit stay, rejected */
+    assert_int_equal(b2.rejected, 2);
+    tr__span_batch_free(&b1);
+    tr__span_batch_free(&b2);
+    tr__span_batch_free(&b3);
+    /* All 5 accepted spans of trace 1 are in SQLite, whatever memory kept. */
+    tr_tracestore_close(st);
+    st = open_store(f.db, 100, 0);
+    uint8_t id[16] = {0};
+    id[15] = 1;
+    tr_trace_t *t;
+    bool owned;
+    assert_int_equal(tr_tracestore_find(st, id, &t, &owned), 0);
+    assert_int_equal(t->n, 5);
+    if (owned) tr_tracestore_trace_free(t);
+    tr_tracestore_close(st);
+    fx_remove(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_append_find_query),
+        cmocka_unit_test(test_admit_write_settle),
         cmocka_unit_test(test_parent_after_child_counts_dependency),
         cmocka_unit_test(test_spans_per_trace_limit),
         cmocka_unit_test(test_memory_bound_evicts_oldest_trace),
