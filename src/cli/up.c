@@ -308,7 +308,7 @@ static void on_output(tr_instance_t *i, int stream, const char *line, size_t len
 {
     up_t *up = data;
     replica_t *r = tr_instance_data(i);
-    tr_logs_ingest_line(up->logs, r->svc->def->name, r->id, stream, line, len);
+    tr_logs_ingest_line_later(up->logs, r->svc->def->name, r->id, stream, line, len);
 }
 
 /* ---- the control-plane API on one listener: registry, traces, logs, services */
@@ -733,7 +733,7 @@ static void on_access_lines(void *data, const char *lines, size_t len)
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (n) tr_logs_ingest_line(up->logs, "gateway", "access", 1, p, n);
+        if (n) tr_logs_ingest_line_later(up->logs, "gateway", "access", 1, p, n);
         p += n + 1;
     }
 }

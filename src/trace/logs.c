@@ -28,6 +28,17 @@ typedef struct node_s {
     char data[]; /* the strings, NUL-terminated one after another */
 } node_t;
 
+/* A raw line handed over by tr_logs_ingest_line_later, waiting for the writer to parse it. */
+typedef struct raw_s {
+    struct raw_s *next;
+    int64_t at_ns; /* when it was handed over: its time if it has none of its own */
+    int stream;
+    size_t len;
+    char *service, *instance; /* into data, or NULL */
+    char *line;               /* into data, len bytes */
+    char data[];              /* service, instance (NUL-terminated), then the line */
+} raw_t;
+
 struct tr_logs_s {
     tr_logs_options_t opts;
     char *path; /* logs.db, NULL when memory only */
@@ -43,7 +54,10 @@ struct tr_logs_s {
     pthread_cond_t wake;    /* the writer: work or stop */
     pthread_cond_t written; /* flushers: persisted_seq moved */
     bool stop;
-    bool writing; /* the writer holds lines taken off the queue */
+    bool writing;               /* the writer holds lines taken off the queue */
+    raw_t *raw_head, *raw_tail; /* lines to parse, in arrival order */
+    size_t raw_count;
+    bool parsing; /* the writer holds raw lines taken off that list */
     pthread_t writer;
     bool writer_started;
 
@@ -422,6 +436,8 @@ static void persist(tr_logs_t *l, node_t **batch, size_t n)
     call_notify(l, true);
 }
 
+static void parse_raw(tr_logs_t *l, raw_t *r);
+
 static void *writer_main(void *arg)
 {
     tr_logs_t *l = arg;
@@ -430,11 +446,23 @@ static void *writer_main(void *arg)
     deadline_after(&next_retain, l->opts.retention_interval_ms);
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (l->q_count == 0 && !l->stop) {
+        while (l->q_count == 0 && !l->raw_head && !l->stop) {
             if (pthread_cond_timedwait(&l->wake, &l->mu, &next_retain) != 0) break;
         }
+        /* Raw lines first: parsing them here keeps it off the loops that hand them over. */
+        raw_t *raw = l->raw_head;
+        l->raw_head = l->raw_tail = NULL;
+        l->raw_count = 0;
+        l->parsing = raw != NULL;
+        if (raw) {
+            pthread_mutex_unlock(&l->mu);
+            parse_raw(l, raw);
+            pthread_mutex_lock(&l->mu);
+            l->parsing = false;
+            pthread_cond_broadcast(&l->written);
+        }
         size_t n = take_batch(l, batch);
-        bool stop = l->stop && n == 0;
+        bool stop = l->stop && n == 0 && !l->raw_head;
         pthread_mutex_unlock(&l->mu);
         if (stop) break;
         if (n) persist(l, batch, n);
@@ -570,7 +598,7 @@ uint64_t tr_logs_append(tr_logs_t *l, const tr_log_entry_t *e)
 void tr_logs_flush(tr_logs_t *l)
 {
     pthread_mutex_lock(&l->mu);
-    while (l->writer_started && (l->q_count > 0 || l->writing))
+    while (l->writer_started && (l->q_count > 0 || l->writing || l->raw_head || l->parsing))
         pthread_cond_wait(&l->written, &l->mu);
     pthread_mutex_unlock(&l->mu);
 }
@@ -853,7 +881,16 @@ static char *pack_entry(tr_log_entry_t *e)
     return block;
 }
 
+static void parse_line_at(const char *line, size_t len, int stream, int64_t at_ns,
+                          tr_log_entry_t *e, char **scratch);
+
 void tr_logs_parse_line(const char *line, size_t len, int stream, tr_log_entry_t *e, char **scratch)
+{
+    parse_line_at(line, len, stream, now_ns(), e, scratch);
+}
+
+static void parse_line_at(const char *line, size_t len, int stream, int64_t at_ns,
+                          tr_log_entry_t *e, char **scratch)
 {
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
         len--;
@@ -866,23 +903,86 @@ void tr_logs_parse_line(const char *line, size_t len, int stream, tr_log_entry_t
     json_t *o = NULL;
     /* A JSON line without a message key shows as itself rather than as nothing. */
     if (!parse_json_line(clean.data, clean.len, e, &o) || !e->message) e->message = clean.data;
-    if (!e->time_ns) e->time_ns = now_ns();
+    if (!e->time_ns) e->time_ns = at_ns;
     *scratch = pack_entry(e);
     json_decref(o);
     tr_buf_free(&clean);
 }
 
-uint64_t tr_logs_ingest_line(tr_logs_t *l, const char *service, const char *instance, int stream,
-                             const char *line, size_t len)
+static uint64_t ingest_at(tr_logs_t *l, const char *service, const char *instance, int stream,
+                          const char *line, size_t len, int64_t at_ns)
 {
     tr_log_entry_t e;
     char *scratch;
-    tr_logs_parse_line(line, len, stream, &e, &scratch);
+    parse_line_at(line, len, stream, at_ns, &e, &scratch);
     if (service) e.service = service;
     if (instance) e.instance = instance;
     uint64_t seq = tr_logs_append(l, &e);
     free(scratch);
     return seq;
+}
+
+uint64_t tr_logs_ingest_line(tr_logs_t *l, const char *service, const char *instance, int stream,
+                             const char *line, size_t len)
+{
+    return ingest_at(l, service, instance, stream, line, len, now_ns());
+}
+
+static char *copy_str(char *at, const char *s, char **out)
+{
+    if (!s) {
+        *out = NULL;
+        return at;
+    }
+    size_t n = strlen(s) + 1;
+    memcpy(at, s, n);
+    *out = at;
+    return at + n;
+}
+
+void tr_logs_ingest_line_later(tr_logs_t *l, const char *service, const char *instance, int stream,
+                               const char *line, size_t len)
+{
+    if (!l->writer_started) {
+        tr_logs_ingest_line(l, service, instance, stream, line, len);
+        return;
+    }
+    size_t ns = service ? strlen(service) + 1 : 0, ni = instance ? strlen(instance) + 1 : 0;
+    raw_t *r = tr_malloc(sizeof(*r) + ns + ni + len);
+    r->next = NULL;
+    r->at_ns = now_ns();
+    r->stream = stream;
+    r->len = len;
+    char *p = copy_str(r->data, service, &r->service);
+    p = copy_str(p, instance, &r->instance);
+    r->line = p;
+    memcpy(p, line, len);
+    pthread_mutex_lock(&l->mu);
+    if (l->raw_count >= l->opts.queue_max) { /* the writer is far behind: as a full queue */
+        l->dropped++;
+        pthread_mutex_unlock(&l->mu);
+        free(r);
+        return;
+    }
+    if (l->raw_tail)
+        l->raw_tail->next = r;
+    else
+        l->raw_head = r;
+    l->raw_tail = r;
+    l->raw_count++;
+    pthread_cond_signal(&l->wake);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Parses and stores the raw lines taken off the list (no lock held). */
+static void parse_raw(tr_logs_t *l, raw_t *r)
+{
+    while (r) {
+        raw_t *next = r->next;
+        ingest_at(l, r->service, r->instance, r->stream, r->line, r->len, r->at_ns);
+        free(r);
+        r = next;
+    }
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */

@@ -106,6 +106,17 @@ uint64_t tr_logs_ingest_line(tr_logs_t *l, const char *service, const char *inst
                              const char *line, size_t len);
 
 /*
+ * tr_logs_ingest_line without waiting for the parse: the line is copied, then parsed and
+ * stored by the store's writer thread, in order with every other line handed over this way;
+ * a line without a time of its own gets the time of this call. Past `queue_max` lines
+ * waiting, a line is dropped (counted as dropped). A store without a database ingests at
+ * once. For lines that arrive on a loop that also serves requests: the supervised
+ * processes' output and the gateway's access lines in `trellis up`.
+ */
+void tr_logs_ingest_line_later(tr_logs_t *l, const char *service, const char *instance, int stream,
+                               const char *line, size_t len);
+
+/*
  * Parses a raw line into `e` without storing it (the parser behind tr_logs_ingest_line).
  * Strings in *e point into `scratch`, which the caller frees with free() afterwards.
  */

@@ -402,6 +402,52 @@ static void test_persists_across_reopen(void **state)
     dir_remove(&d);
 }
 
+/*
+ * Lines handed over without waiting (a supervised process's output in `trellis up`): parsed
+ * by the writer, in order, with the hand-over time when the line has none; flush waits for
+ * them; close stores what is still waiting.
+ */
+static void test_ingest_later(void **state)
+{
+    dir_t d;
+    dir_make(&d);
+    tr_logs_options_t o = {.data_dir = d.dir, .max_lines = 1000};
+    tr_logs_t *l = open_ok(&o);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t before = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    for (int i = 1; i <= 300; i++) {
+        char line[96];
+        int n =
+            i % 3 ? snprintf(line, sizeof(line), "plain %d\n", i)
+                  : snprintf(line, sizeof(line),
+                             "{\"msg\":\"json %d\",\"level\":\"warn\",\"correlation_id\":\"c%d\"}",
+                             i, i);
+        tr_logs_ingest_line_later(l, "svc", "svc-0", 1, line, (size_t)n);
+    }
+    tr_logs_flush(l);
+    results_t *r = query(l, &(tr_logs_query_t){.oldest_first = true, .limit = 1000});
+    assert_int_equal(r->n, 300);
+    assert_string_equal(r->msg[0], "plain 1");
+    assert_string_equal(r->msg[2], "json 3");
+    for (size_t i = 1; i < r->n; i++)
+        assert_true(r->seq[i] > r->seq[i - 1]);
+    r = query(l, &(tr_logs_query_t){.correlation_id = "c3"});
+    assert_int_equal(r->n, 1);
+    r = query(l, &(tr_logs_query_t){.min_level = TR_LOG_WARN, .limit = 1000});
+    assert_int_equal(r->n, 100);
+    r = query(l, &(tr_logs_query_t){.since_ns = before, .limit = 1000});
+    assert_int_equal(r->n, 300); /* no time of their own: the hand-over time */
+    /* Handed over just before close: stored, not lost. */
+    tr_logs_ingest_line_later(l, "svc", "svc-0", 2, "last words", 10);
+    tr_logs_close(l);
+    l = open_ok(&o);
+    r = query(l, &(tr_logs_query_t){.q = "last words"});
+    assert_int_equal(r->n, 1);
+    tr_logs_close(l);
+    dir_remove(&d);
+}
+
 static void test_retention_by_age(void **state)
 {
     dir_t d;
@@ -785,6 +831,7 @@ int main(void)
         cmocka_unit_test(test_query_filters_memory),
         cmocka_unit_test(test_query_filters_disk),
         cmocka_unit_test(test_persists_across_reopen),
+        cmocka_unit_test(test_ingest_later),
         cmocka_unit_test(test_retention_by_age),
         cmocka_unit_test(test_retention_by_size),
         cmocka_unit_test(test_concurrent_appends),
