@@ -30,6 +30,15 @@ int64_t tr_sqlite_int(sqlite3 *db, const char *sql)
     return v;
 }
 
+uint64_t tr_sqlite_used_bytes(sqlite3 *db)
+{
+    int64_t pages = tr_sqlite_int(db, "PRAGMA page_count");
+    int64_t free_pages = tr_sqlite_int(db, "PRAGMA freelist_count");
+    int64_t size = tr_sqlite_int(db, "PRAGMA page_size");
+    if (pages < 0 || free_pages < 0 || size < 0) return 0;
+    return (uint64_t)(pages - free_pages) * (uint64_t)size;
+}
+
 int tr_sqlite_migrate(sqlite3 *db, const char *path, const char *store,
                       const char *const *migrations, int n, char *err, size_t errlen)
 {

@@ -12,6 +12,10 @@ int tr_sqlite_exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const
 /* The first column of the first row of `sql` (a PRAGMA or a count); -1 on error. */
 int64_t tr_sqlite_int(sqlite3 *db, const char *sql);
 
+/* Bytes in the database's pages in use (pages minus free pages, the WAL not counted); 0 on
+ * error. */
+uint64_t tr_sqlite_used_bytes(sqlite3 *db);
+
 /*
  * Brings the file's schema (PRAGMA user_version) from its version to `n`, one migration
  * per transaction, logging each step under `store`. A file from a newer trellis is refused

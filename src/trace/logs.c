@@ -264,15 +264,6 @@ static uint64_t db_last_seq(sqlite3 *db)
     return v > 0 ? (uint64_t)v : 0;
 }
 
-static uint64_t db_bytes(sqlite3 *db)
-{
-    int64_t pages = tr_sqlite_int(db, "PRAGMA page_count");
-    int64_t free_pages = tr_sqlite_int(db, "PRAGMA freelist_count");
-    int64_t size = tr_sqlite_int(db, "PRAGMA page_size");
-    if (pages < 0 || free_pages < 0 || size < 0) return 0;
-    return (uint64_t)(pages - free_pages) * (uint64_t)size;
-}
-
 static void bind_text(sqlite3_stmt *s, int i, const char *v)
 {
     if (v)
@@ -334,7 +325,7 @@ static void ring_drop_old(tr_logs_t *l, int64_t cutoff)
 /* Deletes the oldest lines in chunks until the pages in use fit the cap. */
 static void db_shrink(sqlite3 *db, uint64_t max_bytes)
 {
-    for (int round = 0; round < 64 && db_bytes(db) > max_bytes; round++) {
+    for (int round = 0; round < 64 && tr_sqlite_used_bytes(db) > max_bytes; round++) {
         int64_t count = tr_sqlite_int(db, "SELECT count(*) FROM lines");
         if (count <= 0) break;
         int64_t chunk = count / 10 > 100 ? count / 10 : 100;
@@ -374,7 +365,7 @@ void tr_logs_retain(tr_logs_t *l, int64_t now)
     if (!l->wdb) return;
     pthread_mutex_lock(&l->wmu);
     retain_locked_db(l, cutoff);
-    uint64_t bytes = db_bytes(l->wdb);
+    uint64_t bytes = tr_sqlite_used_bytes(l->wdb);
     pthread_mutex_unlock(&l->wmu);
     pthread_mutex_lock(&l->mu);
     l->db_bytes = bytes;
@@ -417,7 +408,7 @@ static void persist(tr_logs_t *l, node_t **batch, size_t n)
     char why[256] = "";
     pthread_mutex_lock(&l->wmu);
     bool ok = write_batch(l, batch, n, why, sizeof(why));
-    uint64_t bytes = db_bytes(l->wdb);
+    uint64_t bytes = tr_sqlite_used_bytes(l->wdb);
     pthread_mutex_unlock(&l->wmu);
     uint64_t last = batch[n - 1]->line.seq;
     for (size_t i = 0; i < n; i++)
@@ -500,7 +491,7 @@ static int open_disk(tr_logs_t *l, char *err, size_t errlen)
     if (rc < 0) return rc;
     l->next_seq = db_last_seq(l->wdb) + 1;
     l->persisted_seq = l->next_seq - 1;
-    l->db_bytes = db_bytes(l->wdb);
+    l->db_bytes = tr_sqlite_used_bytes(l->wdb);
     if (pthread_create(&l->writer, NULL, writer_main, l) != 0) {
         snprintf(err, errlen, "%s: cannot start the writer thread", l->path);
         return TR_EIO;
@@ -882,14 +873,6 @@ static char *pack_entry(tr_log_entry_t *e)
 }
 
 static void parse_line_at(const char *line, size_t len, int stream, int64_t at_ns,
-                          tr_log_entry_t *e, char **scratch);
-
-void tr_logs_parse_line(const char *line, size_t len, int stream, tr_log_entry_t *e, char **scratch)
-{
-    parse_line_at(line, len, stream, now_ns(), e, scratch);
-}
-
-static void parse_line_at(const char *line, size_t len, int stream, int64_t at_ns,
                           tr_log_entry_t *e, char **scratch)
 {
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
@@ -907,6 +890,11 @@ static void parse_line_at(const char *line, size_t len, int stream, int64_t at_n
     *scratch = pack_entry(e);
     json_decref(o);
     tr_buf_free(&clean);
+}
+
+void tr_logs_parse_line(const char *line, size_t len, int stream, tr_log_entry_t *e, char **scratch)
+{
+    parse_line_at(line, len, stream, now_ns(), e, scratch);
 }
 
 static uint64_t ingest_at(tr_logs_t *l, const char *service, const char *instance, int stream,

@@ -674,18 +674,10 @@ static void sweep_age(tr_tracestore_t *st, uint64_t cutoff_ms)
         tr_log_warn("trace retention failed", TR_LOG_STR("reason", sqlite3_errmsg(st->db)));
 }
 
-static uint64_t db_used_bytes(sqlite3 *db)
-{
-    int64_t pages = tr_sqlite_int(db, "PRAGMA page_count"),
-            free_pages = tr_sqlite_int(db, "PRAGMA freelist_count");
-    int64_t size = tr_sqlite_int(db, "PRAGMA page_size");
-    return pages < 0 || free_pages < 0 || size < 0 ? 0 : (uint64_t)((pages - free_pages) * size);
-}
-
 /* Over the size limit, the oldest tenth of the rows goes, a few rounds at most per sweep. */
 static void sweep_size(tr_tracestore_t *st)
 {
-    for (int round = 0; round < 4 && db_used_bytes(st->db) > st->o.max_db_bytes; round++) {
+    for (int round = 0; round < 4 && tr_sqlite_used_bytes(st->db) > st->o.max_db_bytes; round++) {
         int64_t rows = db_int(st, "SELECT count(*) FROM spans");
         if (rows <= 0) break;
         char sql[160];
@@ -734,5 +726,5 @@ void tr_tracestore_stats(tr_tracestore_t *st, tr_tracestore_stats_t *out)
     sqlite3_stmt *s = stmt(st, ST_COUNT);
     if (sqlite3_step(s) == SQLITE_ROW) out->db_spans = (uint64_t)sqlite3_column_int64(s, 0);
     sqlite3_reset(s);
-    out->db_bytes = db_used_bytes(st->rdb);
+    out->db_bytes = tr_sqlite_used_bytes(st->rdb);
 }
