@@ -74,6 +74,19 @@ typedef struct tr_http_server_options_s {
     uint64_t body_timeout_ms;   /* between body reads; default 60 s → 408 */
     uint64_t send_timeout_ms;   /* peer not reading our output; default 60 s */
     size_t read_buffer_bytes;   /* per active connection; default 16 KiB */
+    /*
+     * Optional. True when the handler orders `req`'s effects after those of every request
+     * before it on the connection by itself (they all go through one FIFO queue, say, as
+     * event store appends do). Such a request, once its body is in and while its handler
+     * has not answered yet, no longer holds up the pipelined requests after it: the server
+     * parses the next ones and hands those that pass this test to the handler too (up to
+     * 64 per connection). Any other request waits, unseen by the handler, until every
+     * answer before it is complete, so a read pipelined after writes still sees them.
+     * Responses always leave in request order. NULL: one request at a time (RFC 9112
+     * §9.3.2 lets a server process pipelined requests in parallel only when that order
+     * cannot be observed).
+     */
+    bool (*ordered)(const tr_http_req_t *req, void *data);
 } tr_http_server_options_t;
 
 /*

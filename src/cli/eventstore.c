@@ -39,6 +39,12 @@ static void on_request(tr_http_req_t *req, void *data)
                         "docs/eventstore.md");
 }
 
+static bool on_ordered(const tr_http_req_t *req, void *data)
+{
+    (void)data;
+    return tr_eventstore_ordered(req);
+}
+
 static int on_worker_start(tr_worker_t *w, void *data)
 {
     es_cmd_t *ec = data;
@@ -52,6 +58,7 @@ static int on_worker_start(tr_worker_t *w, void *data)
     }
     ec->http.handler = on_request;
     ec->http.handler_data = ec;
+    ec->http.ordered = on_ordered; /* pipelined appends share group commits */
     ec->http.max_body_bytes = TR_ES_MAX_BODY;
     e = tr_http_server_start(tr_worker_loop(w), ec->fd, &ec->http, &ec->server);
     if (e) {

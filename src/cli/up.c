@@ -468,6 +468,13 @@ static bool path_has(const tr_http_req_t *req, const char *prefix)
     return req->path_len >= n && !memcmp(req->path, prefix, n);
 }
 
+/* Pipelined appends go to the event store while earlier ones wait for their commit. */
+static bool api_ordered(const tr_http_req_t *req, void *data)
+{
+    up_t *up = data;
+    return up->events && tr_eventstore_ordered(req);
+}
+
 static void on_api(tr_http_req_t *req, void *data)
 {
     up_t *up = data;
@@ -595,7 +602,7 @@ static int open_control_plane(up_t *up, uv_loop_t *loop)
         tr_log_error("up: cannot open the event store", TR_LOG_STR("detail", err), TR_LOG_ERR(e));
         return e;
     }
-    tr_http_server_options_t api = {.handler = on_api, .handler_data = up};
+    tr_http_server_options_t api = {.handler = on_api, .handler_data = up, .ordered = api_ordered};
     tr_http_server_options_t col = {.handler = tr_collector_handle,
                                     .handler_data = up->collector,
                                     .max_body_bytes = TR_COLLECTOR_MAX_BODY};

@@ -24,6 +24,8 @@
 #define OUT_HIGH_WATER (64 * 1024)
 #define LINGER_MS      2000
 #define POOL_MAX       256
+#define HELD_MAX       64 /* ordered requests awaiting answers per connection */
+#define KEEP_OUT_MAX   (16 * 1024)
 
 enum deadline_kind { DL_NONE, DL_HEADER, DL_IDLE, DL_BODY, DL_SEND, DL_LINGER };
 enum last_cb { CB_NONE, CB_FIELD, CB_VALUE };
@@ -51,6 +53,12 @@ typedef struct req_s {
     uint64_t res_length;
     bool headers_done, msg_complete, res_started, res_done, res_chunked, res_length_known;
     bool body_paused, want_body;
+    bool ordered; /* opts.ordered said yes: may wait for its answer off the parser's path */
+    bool held;    /* on the connection's queue of requests answered (or to be) out of turn */
+    struct req_s *held_next;
+    /* This request's response while an earlier one on the connection is unfinished; kept
+     * across reuse (req_get), so a pooled request buffers without allocating. */
+    tr_buf_t out;
     const char *correlation_id; /* x-correlation-id, else x-request-id */
     char trace_id[33];          /* from a traceparent header, "" when none */
     char storage[REQ_STORAGE];
@@ -62,6 +70,12 @@ struct conn_s {
     tr_http_server_t *srv;
     conn_t *prev, *next;
     req_t *req;
+    /* Requests whose handler answers after the next ones were parsed (opts.ordered), in
+     * request order; their responses leave in that order, then the current request's. */
+    req_t *held, *held_tail;
+    uint32_t nheld;
+    bool stalled;  /* c->req waits, unseen by the handler, for `held` to be answered */
+    tr_buf_t tail; /* a protocol error's answer, sent once `held` is answered */
     char *rbuf;
     uint32_t rpos, rlen;
     tr_buf_t out;      /* output being assembled */
@@ -130,6 +144,8 @@ static void conn_flush(conn_t *c);
 static void conn_close(conn_t *c);
 static void conn_after_write(conn_t *c);
 static void req_finish(req_t *r);
+static void held_push(conn_t *c, req_t *r);
+static int dispatch(req_t *r);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void resume_reading(conn_t *c);
 
@@ -154,13 +170,17 @@ static req_t *req_get(conn_t *c)
 {
     tr_http_server_t *s = c->srv;
     req_t *r = s->free_reqs;
+    tr_buf_t keep = TR_BUF_INIT;
     if (r) {
         s->free_reqs = r->next_free;
         s->nfree_reqs--;
+        keep = r->out;
+        keep.len = 0;
     } else {
         r = tr_malloc(sizeof(*r));
     }
     memset(r, 0, offsetof(req_t, storage));
+    r->out = keep;
     tr_arena_init(&r->arena, r->storage, sizeof(r->storage));
     r->conn = c;
     r->pub.content_length = -1;
@@ -172,12 +192,14 @@ static req_t *req_get(conn_t *c)
 static void req_put(tr_http_server_t *s, req_t *r)
 {
     tr_arena_reset(&r->arena);
+    if (r->out.cap > KEEP_OUT_MAX) tr_buf_free(&r->out);
     if (s->nfree_reqs < POOL_MAX) {
         r->next_free = s->free_reqs;
         s->free_reqs = r;
         s->nfree_reqs++;
         return;
     }
+    tr_buf_free(&r->out);
     free(r);
 }
 
@@ -228,10 +250,18 @@ static char *put_u64(char *p, uint64_t v)
     return put(p, tmp + i, sizeof(tmp) - i);
 }
 
-static void out_reserve_status(conn_t *c, int status)
+static void out_reserve_status(tr_buf_t *o, int status)
 {
     if (status < STATUS_MIN || status > STATUS_MAX) status = 500;
-    tr_buf_append(&c->out, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
+    tr_buf_append(o, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
+}
+
+/* Where r's response goes: the connection's output when every response before it is
+ * complete, else r's own buffer until they are (held_advance moves it over). */
+static tr_buf_t *out_of(req_t *r)
+{
+    conn_t *c = r->conn;
+    return !c->held || c->held == r ? &c->out : &r->out;
 }
 
 static void flush_unqueue(conn_t *c)
@@ -302,7 +332,7 @@ static void on_write(uv_write_t *w, int status)
         return;
     }
     if (c->deadline_kind == DL_SEND)
-        set_deadline(c, c->req ? DL_NONE : DL_IDLE, c->srv->opts.idle_timeout_ms);
+        set_deadline(c, c->req || c->held ? DL_NONE : DL_IDLE, c->srv->opts.idle_timeout_ms);
     if (c->out.len) {
         conn_flush(c);
         return;
@@ -384,7 +414,7 @@ static void conn_shutdown(conn_t *c)
 static void conn_after_write(conn_t *c)
 {
     if (c->closing) return;
-    if (c->close_after && (!c->req || c->req->res_done)) {
+    if (c->close_after && !c->held && (!c->req || c->req->res_done)) {
         if (c->eof)
             conn_close(c);
         else if (!c->lingering)
@@ -412,6 +442,7 @@ static void server_maybe_done(tr_http_server_t *s)
     while (s->free_reqs) {
         req_t *r = s->free_reqs;
         s->free_reqs = r->next_free;
+        tr_buf_free(&r->out);
         free(r);
     }
     while (s->nfree_rbufs)
@@ -439,6 +470,7 @@ static void on_conn_closed(uv_handle_t *h)
     tr_http_server_t *s = c->srv;
     tr_buf_free(&c->out);
     tr_buf_free(&c->inflight);
+    tr_buf_free(&c->tail);
     if (s->nfree_conns < POOL_MAX && !s->closing) {
         c->next = s->free_conns;
         s->free_conns = c;
@@ -463,6 +495,13 @@ static void conn_close(conn_t *c)
         if (!r->res_done && r->pub.on_abort) r->pub.on_abort(&r->pub);
         req_put(s, r);
     }
+    while ((r = c->held)) {
+        c->held = r->held_next;
+        c->nheld--;
+        if (!r->res_done && r->pub.on_abort) r->pub.on_abort(&r->pub);
+        req_put(s, r);
+    }
+    c->held_tail = NULL;
     if (c->rbuf) {
         rbuf_put(s, c->rbuf);
         c->rbuf = NULL;
@@ -488,14 +527,16 @@ static void conn_fail(conn_t *c, int status, const char *slug, const char *title
     }
     tr_buf_t body = TR_BUF_INIT;
     tr_problem_render(&body, status, slug, title, detail);
-    out_reserve_status(c, status);
+    /* After the answers to the requests before it, like any other response. */
+    tr_buf_t *o = c->held ? &c->tail : &c->out;
+    out_reserve_status(o, status);
     count_response(status);
-    tr_buf_append_str(&c->out, tr_httpdate_header());
-    tr_buf_printf(&c->out,
+    tr_buf_append_str(o, tr_httpdate_header());
+    tr_buf_printf(o,
                   "Content-Type: " TR_PROBLEM_CONTENT_TYPE "\r\nContent-Length: %zu\r\n"
                   "Connection: close\r\n\r\n",
                   body.len);
-    tr_buf_append(&c->out, body.data, body.len);
+    tr_buf_append(o, body.data, body.len);
     tr_buf_free(&body);
     if (c->req) {
         req_t *r = c->req;
@@ -734,6 +775,26 @@ static void split_target(req_t *r)
     r->pub.query_len = r->pub.url_len - r->pub.path_len - 1;
 }
 
+/* Hands a request whose headers are complete to the handler; -1 when the connection
+ * closed meanwhile (stop parsing). */
+static int dispatch(req_t *r)
+{
+    conn_t *c = r->conn;
+    set_deadline(c, r->want_body ? DL_BODY : DL_NONE, c->srv->opts.body_timeout_ms);
+    /* Lines the handler logs carry the request's ids (tr_log's thread-local context). */
+    bool ctx = r->correlation_id || r->trace_id[0];
+    if (ctx) tr_log_context_set(r->correlation_id, r->trace_id[0] ? r->trace_id : NULL);
+    c->srv->opts.handler(&r->pub, c->srv->opts.handler_data);
+    if (ctx) tr_log_context_clear();
+    if (c->closing) return -1; /* the handler dropped the connection: stop parsing */
+    if (c->req != r) return 0;
+    if (r->want_body && r->pub.expect_continue && !r->res_started) {
+        tr_buf_append_str(out_of(r), "HTTP/1.1 100 Continue\r\n\r\n");
+        mark_dirty(c);
+    }
+    return 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     req_t *r = cur(p);
@@ -757,19 +818,17 @@ static int on_headers_complete(http_parser *p)
                        "the request body is larger than the server accepts");
     }
     if (!http_should_keep_alive(p)) c->close_after = true;
-    set_deadline(c, r->want_body ? DL_BODY : DL_NONE, c->srv->opts.body_timeout_ms);
-    /* Lines the handler logs carry the request's ids (tr_log's thread-local context). */
-    bool ctx = r->correlation_id || r->trace_id[0];
-    if (ctx) tr_log_context_set(r->correlation_id, r->trace_id[0] ? r->trace_id : NULL);
-    c->srv->opts.handler(&r->pub, c->srv->opts.handler_data);
-    if (ctx) tr_log_context_clear();
-    if (c->closing) return -1; /* the handler dropped the connection: stop parsing */
-    if (c->req != r) return 0;
-    if (r->want_body && r->pub.expect_continue && !r->res_started) {
-        tr_buf_append_str(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
-        mark_dirty(c);
+    tr_http_server_t *s = c->srv;
+    r->ordered = s->opts.ordered && s->opts.ordered(&r->pub, s->opts.handler_data);
+    if (c->held && !r->ordered) {
+        /* Earlier answers are pending and this request's effects are not ordered after
+         * theirs: the handler sees it once they are complete (held_advance). */
+        c->stalled = true;
+        set_deadline(c, DL_NONE, 0);
+        http_parser_pause(p, 1);
+        return 0;
     }
-    return 0;
+    return dispatch(r);
 }
 
 static int on_body(http_parser *p, const char *at, size_t n)
@@ -793,7 +852,13 @@ static int on_message_complete(http_parser *p)
     if (c->deadline_kind == DL_BODY) c->deadline_kind = DL_NONE;
     if (r->pub.on_end) r->pub.on_end(&r->pub);
     if (c->closing) return -1;
-    if (c->req == r && r->res_done) req_finish(r);
+    if (c->req == r && r->res_done) {
+        req_finish(r);
+    } else if (c->req == r && r->ordered && !c->close_after) {
+        /* Its answer comes later and its handler keeps the order: read on meanwhile. */
+        held_push(c, r);
+        set_deadline(c, DL_NONE, 0);
+    }
     /* One message per execute call keeps responses in request order. */
     http_parser_pause(p, 1);
     return 0;
@@ -801,11 +866,57 @@ static int on_message_complete(http_parser *p)
 
 /* ---- request completion */
 
+/* Queues r behind the answers still pending on its connection. */
+static void held_push(conn_t *c, req_t *r)
+{
+    c->req = NULL;
+    r->held = true;
+    r->held_next = NULL;
+    if (c->held_tail)
+        c->held_tail->held_next = r;
+    else
+        c->held = r;
+    c->held_tail = r;
+    c->nheld++;
+}
+
+/*
+ * The first held request is answered: its response and every complete one after it go
+ * to the output, in order; then parsing goes on (a stalled request reaches the handler
+ * once nothing before it is pending).
+ */
+static void held_advance(conn_t *c)
+{
+    while (c->held && c->held->res_done) {
+        req_t *r = c->held;
+        c->held = r->held_next;
+        if (!c->held) c->held_tail = NULL;
+        c->nheld--;
+        req_put(c->srv, r);
+        req_t *next = c->held ? c->held : c->req;
+        if (next && next->out.len) {
+            tr_buf_append(&c->out, next->out.data, next->out.len);
+            next->out.len = 0;
+        }
+    }
+    if (!c->held && c->tail.len) {
+        tr_buf_append(&c->out, c->tail.data, c->tail.len);
+        c->tail.len = 0;
+    }
+    mark_dirty(c);
+    if (c->processing || c->closing) return; /* the parse under way goes on by itself */
+    if (!c->held && !c->req) set_deadline(c, DL_IDLE, c->srv->opts.idle_timeout_ms);
+    conn_process(c); /* dispatches a stalled request, parses past HELD_MAX, sees EOF */
+}
+
 static void req_finish(req_t *r)
 {
     conn_t *c = r->conn;
     c->req = NULL;
-    req_put(c->srv, r);
+    if (c->held)
+        held_push(c, r); /* answered, behind answers still pending: r->out waits */
+    else
+        req_put(c->srv, r);
     if (c->close_after) {
         c->rpos = c->rlen = 0;
         mark_dirty(c);
@@ -816,7 +927,7 @@ static void req_finish(req_t *r)
         mark_dirty(c);
         return;
     }
-    set_deadline(c, DL_IDLE, c->srv->opts.idle_timeout_ms);
+    set_deadline(c, c->held ? DL_NONE : DL_IDLE, c->srv->opts.idle_timeout_ms);
     if (c->processing) {
         c->dirty = true; /* the read that is being processed flushes at its end */
         return;
@@ -892,13 +1003,20 @@ static bool tail_is_lf_ws(const char *start, const char *end)
 static void conn_process(conn_t *c)
 {
     c->processing = true;
-    while (!c->closing && c->rpos < c->rlen) {
+    for (;;) {
+        if (c->stalled && !c->held && !c->closing) {
+            /* Every answer before it is complete: the waiting request reaches the handler. */
+            c->stalled = false;
+            if (dispatch(c->req) < 0) break;
+        }
+        if (c->closing || c->rpos >= c->rlen) break;
         req_t *r = c->req;
         if (!r && c->close_after) {
             c->rpos = c->rlen; /* nothing after a closing request is served */
             break;
         }
-        if (r && (r->msg_complete || r->body_paused)) break;
+        if (r && (r->msg_complete || r->body_paused || c->stalled)) break;
+        if (!r && c->nheld >= HELD_MAX) break; /* held_advance parses on */
         const char *seg = c->rbuf + c->rpos;
         size_t avail = c->rlen - c->rpos;
         c->seg_start = seg;
@@ -933,7 +1051,7 @@ static void conn_process(conn_t *c)
             conn_close(c);
             return;
         }
-        if (!c->req) {
+        if (!c->req && !c->held) {
             /* The client half-closed and everything it asked is answered. */
             c->close_after = true;
             c->dirty = true;
@@ -956,10 +1074,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         c->eof = true;
         uv_read_stop(st);
-        bool pending = c->req || c->rpos < c->rlen || c->wreq || c->out.len;
+        bool pending = c->req || c->held || c->rpos < c->rlen || c->wreq || c->out.len;
         /* As nginx does, a client that closes while a handler holds its request
          * asynchronously (a blocking query, a proxied call) has gone: abort the work. */
-        bool held = c->req && !c->req->res_done && c->req->pub.on_abort;
+        bool held = (c->req && !c->req->res_done && c->req->pub.on_abort) || c->held;
         if (nread != UV_EOF || c->lingering || !pending || held ||
             (c->req && !c->req->msg_complete)) {
             conn_close(c);
@@ -1105,7 +1223,7 @@ void tr_http_server_close(tr_http_server_t *s, bool force, void (*done)(void *da
     conn_t *next;
     for (conn_t *c = s->conns; c; c = next) {
         next = c->next;
-        if (force || (!c->req && !c->wreq && !c->out.len)) {
+        if (force || (!c->req && !c->held && !c->wreq && !c->out.len)) {
             conn_close(c);
         } else {
             c->close_after = true;
@@ -1257,8 +1375,9 @@ static void write_head(req_t *r, int status, const char *content_type, size_t ex
     size_t need = 48 + 40 + ct_len + 16 + 40 + 32 + 24 + 2 + extra;
     for (uint32_t i = 0; i < r->nres; i++)
         need += r->res_hdrs[i].name_len + r->res_hdrs[i].value_len + 4;
-    tr_buf_reserve(&c->out, need);
-    char *p = c->out.data + c->out.len;
+    tr_buf_t *o = out_of(r);
+    tr_buf_reserve(o, need);
+    char *p = o->data + o->len;
     p = put(p, status_lines[status - STATUS_MIN], status_line_len[status - STATUS_MIN]);
     p = put(p, date, strlen(date));
     if (content_type) {
@@ -1280,7 +1399,7 @@ static void write_head(req_t *r, int status, const char *content_type, size_t ex
     } else if (status == 205) {
         p = LIT(p, "Content-Length: 0\r\n"); /* 205 has no content, but is not self-delimiting */
     }
-    if (c->close_after)
+    if (c->close_after && !r->held) /* a held answer is never the connection's last */
         p = LIT(p, "Connection: close\r\n");
     else if (r->pub.http_minor == 0)
         p = LIT(p, "Connection: keep-alive\r\n");
@@ -1292,13 +1411,17 @@ static void write_head(req_t *r, int status, const char *content_type, size_t ex
         p = LIT(p, "\r\n");
     }
     p = LIT(p, "\r\n");
-    c->out.len = (size_t)(p - c->out.data);
+    o->len = (size_t)(p - o->data);
 }
 
 static void res_complete(req_t *r)
 {
     conn_t *c = r->conn;
     r->res_done = true;
+    if (r->held) {
+        if (c->held == r) held_advance(c);
+        return;
+    }
     if (!r->msg_complete && r->want_body && r->pub.expect_continue) c->close_after = true;
     if (r->msg_complete) {
         req_finish(r); /* releases the request first, then flushes */
@@ -1317,7 +1440,7 @@ void tr_http_res_send(tr_http_req_t *pub, int status, const char *content_type, 
     bool with_body = !pub->head && status_has_body(status);
     write_head(r, status, content_type, with_body ? len : 0);
     if (with_body && len) {
-        tr_buf_t *o = &r->conn->out;
+        tr_buf_t *o = out_of(r);
         memcpy(o->data + o->len, body, len); /* room was reserved with the head */
         o->len += len;
     }
@@ -1339,7 +1462,7 @@ bool tr_http_res_write(tr_http_req_t *pub, const void *data, size_t len)
     conn_t *c = r->conn;
     if (!r->res_started) tr_http_res_start(pub, 200);
     if (r->res_done || len == 0 || pub->head) return true;
-    tr_buf_t *o = &c->out;
+    tr_buf_t *o = out_of(r);
     if (r->res_chunked) {
         char size[20];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
@@ -1350,7 +1473,9 @@ bool tr_http_res_write(tr_http_req_t *pub, const void *data, size_t len)
         tr_buf_append(o, data, len);
     }
     mark_dirty(c);
-    if (c->out.len + c->inflight.len < OUT_HIGH_WATER) return true;
+    /* Held behind an earlier answer, the bytes wait in memory: that answer's handler
+     * has its own deadline, so the wait is bounded. */
+    if (o != &c->out || c->out.len + c->inflight.len < OUT_HIGH_WATER) return true;
     c->want_drain = true;
     return false;
 }
@@ -1360,7 +1485,7 @@ void tr_http_res_end(tr_http_req_t *pub)
     req_t *r = R(pub);
     if (!r->res_started) tr_http_res_start(pub, 200);
     if (r->res_done) return;
-    if (r->res_chunked && !pub->head) tr_buf_append(&r->conn->out, "0\r\n\r\n", 5);
+    if (r->res_chunked && !pub->head) tr_buf_append(out_of(r), "0\r\n\r\n", 5);
     res_complete(r);
 }
 

@@ -54,6 +54,14 @@ void tr_eventstore_close(tr_eventstore_t *s);
  */
 bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req);
 
+/*
+ * True for an append (POST /api/streams/{stream}): the store applies appends in the order
+ * they reach it, through one writer's queue, so a server may hand pipelined appends to
+ * tr_eventstore_handle before the earlier ones are answered (tr_http_server_options_t's
+ * `ordered`). Clients that pipeline single-event appends then share group commits.
+ */
+bool tr_eventstore_ordered(const tr_http_req_t *req);
+
 /* ---- the store's API (used by the HTTP layer and by tests) ------------------------------ */
 
 /* Expected versions other than a version N >= 0. */

@@ -860,6 +860,13 @@ static bool under(tr_http_req_t *req, const char *prefix, size_t len)
 
 #define SCAVENGE_PATH "/api/scavenge"
 
+bool tr_eventstore_ordered(const tr_http_req_t *req)
+{
+    size_t n = sizeof(PREFIX "/") - 1;
+    return !strcmp(req->method, "POST") && req->path_len > n &&
+           memcmp(req->path, PREFIX "/", n) == 0 && !memchr(req->path + n, '/', req->path_len - n);
+}
+
 bool tr_eventstore_handle(tr_eventstore_t *s, tr_http_req_t *req)
 {
     if (req->path_len == sizeof(SCAVENGE_PATH) - 1 &&

@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -409,6 +410,55 @@ test('SIGKILL: every acknowledged append survives, catch-up has no gap nor dupli
     s.proc.kill('SIGKILL');
     rmSync(kdir, { recursive: true, force: true });
   }
+});
+
+/**
+ * Writes `raw` (pipelined HTTP/1.1 requests) on one connection and resolves the `count`
+ * responses, in the order received: [{status, json}].
+ */
+function pipelined(port, raw, count) {
+  return withDeadline(new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(raw));
+    let buf = Buffer.alloc(0);
+    const out = [];
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const h = buf.indexOf('\r\n\r\n');
+        if (h < 0) break;
+        const head = buf.subarray(0, h).toString('latin1');
+        const len = Number((/content-length: *(\d+)/i.exec(head) || [0, 0])[1]);
+        if (buf.length < h + 4 + len) break;
+        const body = buf.subarray(h + 4, h + 4 + len).toString('utf8');
+        out.push({ status: Number(head.slice(9, 12)), json: body ? JSON.parse(body) : null });
+        buf = buf.subarray(h + 4 + len);
+      }
+      if (out.length === count) { sock.end(); resolve(out); }
+    });
+    sock.on('error', reject);
+    sock.on('close', () => (out.length < count ? reject(new Error(`closed after ${out.length} responses`)) : null));
+  }), ms(10000), 'pipelined responses');
+}
+
+test('pipelined appends share a commit, keep their order, and a read after them sees them', async () => {
+  const append = (stream, expected, type) => {
+    const body = JSON.stringify({ type, data: { n: type } });
+    return `POST /api/streams/${stream}?expected=${expected} HTTP/1.1\r\nHost: x\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  };
+  const raw = append('pipe-1', 'no_stream', 'A') + append('pipe-1', '0', 'B') + append('pipe-2', 'any', 'X') +
+    append('pipe-1', '1', 'C') + append('pipe-1', '0', 'late') + // stale: a conflict
+    'POST /api/streams/pipe-1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{x}' + // bad JSON: 400 in turn
+    'GET /api/streams/pipe-1 HTTP/1.1\r\nHost: x\r\n\r\n' + append('pipe-1', '2', 'D');
+  const res = await pipelined(store.port, raw, 8);
+  assert.deepEqual(res.map((r) => r.status), [201, 201, 201, 201, 409, 400, 200, 201]);
+  assert.deepEqual(res.slice(0, 4).map((r) => [r.json.stream, r.json.first_version]),
+    [['pipe-1', 0], ['pipe-1', 1], ['pipe-2', 0], ['pipe-1', 2]]);
+  assert.ok(res[0].json.position < res[1].json.position && res[1].json.position < res[2].json.position);
+  assert.equal(res[4].json.current_version, 2);
+  // The read was pipelined after the appends: it waits for their answers and sees them.
+  assert.deepEqual(res[6].json.events.map((e) => e.type), ['A', 'B', 'C']);
+  assert.equal(res[7].json.first_version, 3);
 });
 
 test('help lists every option with its default and an example', async () => {

@@ -122,11 +122,33 @@ static void on_end(tr_http_req_t *req)
     tr_http_res_problem(req, 200, "done", "Done", "read %s", req->method);
 }
 
-static void handler(tr_http_req_t *req, void *data)
+static char mode_of(const tr_http_req_t *req)
 {
     const char *h = tr_http_req_header(req, "x-mode");
-    char mode = req->path_len > 1 ? req->path[1] : h && *h ? *h : 'n';
+    return req->path_len > 1 ? req->path[1] : h && *h ? *h : 'n';
+}
+
+/* 'o' (answered from a timer once the body is in), 'a' and 'p' are ordered: pipelined
+ * requests after them reach the handler before their answers. */
+static bool ordered(const tr_http_req_t *req, void *data)
+{
+    (void)data;
+    char m = mode_of(req);
+    return m == 'o' || m == 'a' || m == 'p';
+}
+
+static void on_end_later(tr_http_req_t *req)
+{
+    uv_timer_start(&pending_new(req, P_SEND)->timer, on_pending, 0, 0);
+}
+
+static void handler(tr_http_req_t *req, void *data)
+{
+    char mode = mode_of(req);
     switch (mode) {
+    case 'o':
+        req->on_end = on_end_later;
+        return;
     case 'a': /* answered from a timer */
         uv_timer_start(&pending_new(req, P_SEND)->timer, on_pending, 0, 0);
         return;
@@ -253,6 +275,7 @@ static void setup(void)
     port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
     tr_http_server_options_t o = {
         .handler = handler,
+        .ordered = ordered,
         .max_header_bytes = 4096,
         .max_headers = 32,
         .max_uri_bytes = 1024,

@@ -58,6 +58,8 @@ struct fx_s {
     tr_buf_t body;  /* request body bytes received */
     size_t written, false_at;
     tr_http_req_t *held;
+    tr_http_req_t *pend[80]; /* ordered requests awaiting their answer, in arrival order */
+    int npend;
     client_t c[MAX_CLIENT];
 };
 
@@ -110,6 +112,8 @@ static void on_req_abort(tr_http_req_t *req)
     fx_t *f = req->data;
     f->nabort++;
     if (f->held == req) f->held = NULL;
+    for (int i = 0; i < f->npend; i++)
+        if (f->pend[i] == req) f->pend[i] = NULL;
     uv_timer_stop(&f->timer);
 }
 
@@ -462,6 +466,167 @@ static void test_pipelined_in_order(void **state)
                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n/2"
                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n/3");
     assert_string_equal(tr_buf_cstr(&f->order), "/1 /2 /3 ");
+    fx_finish(f);
+}
+
+/* ---- ordered requests (opts.ordered): answered out of turn, sent in turn */
+
+/* Paths starting /w are "writes" whose handler orders them itself; "/wnow…" is answered
+ * at once, any other /w later, by the test. */
+static bool ordered_w(const tr_http_req_t *req, void *data)
+{
+    (void)data;
+    return req->path_len >= 2 && req->path[1] == 'w';
+}
+
+static void h_ordered(fx_t *f, tr_http_req_t *req)
+{
+    bool w = req->path_len >= 2 && req->path[1] == 'w';
+    bool now = req->path_len >= 5 && !memcmp(req->path, "/wnow", 5);
+    if (!w || now) return h_echo_path(f, req);
+    assert_true(f->npend < 80);
+    f->pend[f->npend++] = req;
+}
+
+static void answer_pend(fx_t *f, int i)
+{
+    tr_http_req_t *req = f->pend[i];
+    assert_non_null(req);
+    f->pend[i] = NULL;
+    tr_http_res_send(req, 200, NULL, req->path, req->path_len);
+}
+
+static fx_t *fx_start_ordered(void)
+{
+    tr_http_server_options_t o = {.ordered = ordered_w};
+    return fx_start(&o, h_ordered);
+}
+
+/* Ordered requests reach the handler before the answers to those before them; a request
+ * that is not ordered waits for every earlier answer; answers leave in request order. */
+static void test_ordered_run_ahead(void **state)
+{
+    fx_t *f = fx_start_ordered();
+    client_t *c = client_open(f, 0);
+    client_sends(c, GET("/w1") GET("/w2") GET("/w3") GET("/r") GET("/w4"));
+    RUN_UNTIL(f, f->npend == 3);
+    fx_sleep(f, 20);
+    /* /r is a read: it waits, unseen, and /w4 behind it too. */
+    assert_string_equal(tr_buf_cstr(&f->order), "/w1 /w2 /w3 ");
+    answer_pend(f, 2);
+    answer_pend(f, 1);
+    fx_sleep(f, 20);
+    assert_string_equal(resp(c), ""); /* /w1 is not answered yet: nothing may leave */
+    answer_pend(f, 0);
+    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w1"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w2"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w3"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n/r");
+    RUN_UNTIL(f, f->npend == 4);
+    assert_string_equal(tr_buf_cstr(&f->order), "/w1 /w2 /w3 /r /w4 ");
+    answer_pend(f, 3);
+    expect_response(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w1"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w2"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w3"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n/r"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w4");
+    /* The connection is idle and usable again. */
+    client_sends(c, GET("/again"));
+    RUN_UNTIL(f, strstr(resp(c), "/again") != NULL);
+    assert_int_equal(f->nabort, 0);
+    fx_finish(f);
+}
+
+/* An ordered request answered at once, with a body, behind one still pending: its bytes
+ * wait; a request after a pending one that ends with Connection: close closes after all. */
+static void test_ordered_answer_waits_its_turn(void **state)
+{
+    fx_t *f = fx_start_ordered();
+    client_t *c = client_open(f, 0);
+    client_sends(c, GET("/w1") "POST /wnow HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                               "GET /wlast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    RUN_UNTIL(f, f->npend == 2);
+    assert_string_equal(tr_buf_cstr(&f->order), "/w1 /wnow /wlast ");
+    fx_sleep(f, 20);
+    assert_string_equal(resp(c), "");
+    answer_pend(f, 1);
+    fx_sleep(f, 20);
+    assert_string_equal(resp(c), "");
+    answer_pend(f, 0);
+    RUN_UNTIL(f, c->eof);
+    assert_string_equal(resp(c), "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w1"
+                                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n/wnow"
+                                 "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close"
+                                 "\r\n\r\n/wlast");
+    fx_finish(f);
+}
+
+/* A malformed request after pending ones: they are answered first, then the 400, then
+ * the close. */
+static void test_ordered_then_bad_request(void **state)
+{
+    fx_t *f = fx_start_ordered();
+    client_t *c = client_open(f, 0);
+    client_sends(c, GET("/w1") "BAD\r\n\r\n");
+    RUN_UNTIL(f, f->npend == 1);
+    fx_sleep(f, 20);
+    assert_string_equal(resp(c), "");
+    answer_pend(f, 0);
+    RUN_UNTIL(f, c->eof);
+    const char *r = resp(c);
+    const char *want = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/w1HTTP/1.1 400 ";
+    assert_memory_equal(r, want, strlen(want));
+    assert_non_null(strstr(r, "Connection: close"));
+    fx_finish(f);
+}
+
+/* The client goes away with answers pending: every pending request gets on_abort. */
+static void test_ordered_abort_on_close(void **state)
+{
+    fx_t *f = fx_start_ordered();
+    client_t *c = client_open(f, 0);
+    client_sends(c, GET("/w1") GET("/w2") GET("/w3"));
+    RUN_UNTIL(f, f->npend == 3);
+    answer_pend(f, 1); /* answered, waiting for /w1: dropped without an abort */
+    client_close(c);
+    RUN_UNTIL(f, f->nabort == 2);
+    fx_sleep(f, 20);
+    assert_int_equal(f->nabort, 2);
+    assert_null(f->pend[0]);
+    assert_null(f->pend[2]);
+    fx_finish(f);
+}
+
+/* At most 64 pending per connection: parsing waits, then goes on as answers come. */
+static void test_ordered_at_most_64_pending(void **state)
+{
+    fx_t *f = fx_start_ordered();
+    client_t *c = client_open(f, 0);
+    tr_buf_t req = TR_BUF_INIT;
+    for (int i = 0; i < 70; i++)
+        tr_buf_printf(&req, "GET /w%02d HTTP/1.1\r\nHost: a\r\n\r\n", i);
+    client_send(c, req.data, req.len);
+    tr_buf_free(&req);
+    RUN_UNTIL(f, f->npend == 64);
+    fx_sleep(f, 20);
+    assert_int_equal(f->npend, 64);
+    answer_pend(f, 0);
+    RUN_UNTIL(f, f->npend == 65);
+    for (int i = 1; i < 65; i++)
+        answer_pend(f, i);
+    RUN_UNTIL(f, f->npend == 70);
+    for (int i = 65; i < 70; i++)
+        answer_pend(f, i);
+    RUN_UNTIL(f, count_str(resp(c), "HTTP/1.1 200 OK") == 70);
+    const char *r = resp(c);
+    char want[16];
+    const char *at = r;
+    for (int i = 0; i < 70; i++) { /* in order */
+        snprintf(want, sizeof(want), "\r\n\r\n/w%02d", i);
+        const char *p = strstr(at, want);
+        assert_non_null(p);
+        at = p + 1;
+    }
     fx_finish(f);
 }
 
@@ -1293,6 +1458,11 @@ int main(void)
         cmocka_unit_test(test_simple_get),
         cmocka_unit_test(test_http10),
         cmocka_unit_test(test_pipelined_in_order),
+        cmocka_unit_test(test_ordered_run_ahead),
+        cmocka_unit_test(test_ordered_answer_waits_its_turn),
+        cmocka_unit_test(test_ordered_then_bad_request),
+        cmocka_unit_test(test_ordered_abort_on_close),
+        cmocka_unit_test(test_ordered_at_most_64_pending),
         cmocka_unit_test(test_close_after_empty_final_flush),
         cmocka_unit_test(test_streamed_chunked_response),
         cmocka_unit_test(test_headers_split_every_way),
