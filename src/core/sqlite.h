@@ -46,4 +46,15 @@ int tr_sqlite_checkpointer_start(sqlite3 *writer, const char *path, int pages, u
  * no-op. */
 void tr_sqlite_checkpointer_stop(tr_sqlite_checkpointer_t *c);
 
+/*
+ * The name of the "trellis-walbuf" VFS (sqlite_walbuf.c), registered on first use; NULL if
+ * SQLite has no unix VFS. It is the unix VFS with a commit's WAL frames written 64 KiB per
+ * pwrite instead of two pwrites per page. Open a database's writer with it; other
+ * connections may use the default VFS (they share its locks and WAL index).
+ */
+const char *tr_sqlite_walbuf_vfs(void);
+/* Counters since start: WAL writes SQLite made, pwrites made of them, and those made by the
+ * guard (a commit not recognised: 0 unless SQLite changed how it writes frames). */
+void tr_sqlite_walbuf_stats(uint64_t *writes, uint64_t *flushes, uint64_t *late_flushes);
+
 #endif
