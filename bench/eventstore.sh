@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Event store throughput: `trellis eventstore` pinned to core 0, load from
-# bench/eventstore-load.mjs on core 1. Phases: appends of single events, appends of batches
-# of 100 (both with --sync normal, then again with --sync full), and reads of $all in pages
-# of 1000. Prints events/s, the ratio to each goal, the store's CPU per event, and the
+# bench/eventstore-load.mjs on core 1. Phases: appends of single events, one request at a
+# time per connection and then 16 pipelined per connection (the way an HTTP/1.1 client with
+# pipelining, or many clients behind one proxy connection, sends them: they share group
+# commits), appends of batches of 100 (all with --sync normal, then again with --sync full),
+# and reads of $all in pages of 1000. Prints events/s, the ratio to each goal, the store's CPU per event, and the
 # fsyncs of the store (counted with `perf stat` syscall tracepoints when perf works). Last,
 # the floor: the same single-event requests answered by `trellis echo` without a store.
 # Usage: bench/eventstore.sh [--seconds 10] [--connections 64]
@@ -91,13 +93,16 @@ console.log(`${label.padEnd(34)} ${String(r.events_per_second).padStart(8)} even
 echo "trellis eventstore, ${SECONDS_RUN}s per phase, store on core 0, load on core 1"
 start_store "$WORK/normal" normal
 phase "append 1 event/req, sync=normal" "$APPEND_GOAL" append --batch 1 --connections "$CONNS"
+phase "  the same, 16 pipelined/conn" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --depth 16
 phase "append 100 events/req, sync=normal" "$APPEND_GOAL" append --batch 100 --connections 16
 phase "read \$all, pages of 1000" "$READ_GOAL" read --page 1000 --connections 4
 start_store "$WORK/full" full
 phase "append 1 event/req, sync=full" "$APPEND_GOAL" append --batch 1 --connections "$CONNS"
+phase "  the same, 16 pipelined/conn" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --depth 16
 phase "append 100 events/req, sync=full" "$APPEND_GOAL" append --batch 100 --connections 16
 
 # The floor under single-event appends: the same requests answered 201 by `trellis echo`
 # (one worker, on the store's core) without storing anything.
 start_server echo --workers 1
 phase "HTTP floor: trellis echo 201" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --floor 1
+phase "  the same, 16 pipelined/conn" "$APPEND_GOAL" append --batch 1 --connections "$CONNS" --floor 1 --depth 16

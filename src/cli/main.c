@@ -3,6 +3,7 @@
 #include "supervisor/process.h"
 
 #include <string.h>
+#include <malloc.h>
 
 typedef struct command_s {
     const char *name;
@@ -60,6 +61,12 @@ int main(int argc, char **argv)
         return argc < 2 ? TR_EXIT_USAGE : TR_EXIT_OK;
     }
     if (!strcmp(argv[1], "--version")) return tr_cmd_version(1, argv + 1);
+    /* Keep up to 16 MiB free at the top of each malloc arena and grow by 1 MiB: with the
+     * defaults, a loop that parses and frees a JSON body per request moved its arena's top
+     * up and down (sysmalloc, page faults, trims) on every burst (measured: 5% of the event
+     * store's loop; pipelined appends +5-10%). */
+    mallopt(M_TRIM_THRESHOLD, 16 << 20);
+    mallopt(M_TOP_PAD, 1 << 20);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "trellis: unknown command '%s'\n\n", argv[1]);
