@@ -58,7 +58,7 @@ int tr__saga_store_open(tr_saga_engine_t *e, bool sync_full, char *err, size_t e
     /* The writer's own connection: group commits run on a thread-pool thread, so a commit (and
      * with synchronous=FULL its fsync) never holds up the loop, which the control plane shares
      * with the gateway. The loop's connection reads. */
-    if (sqlite3_open_v2(e->db_path, &e->wdb, SQLITE_OPEN_READWRITE, NULL) ||
+    if (sqlite3_open_v2(e->db_path, &e->wdb, SQLITE_OPEN_READWRITE, tr_sqlite_walbuf_vfs()) ||
         tr_sqlite_exec(e->wdb,
                        sync_full ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;", err,
                        errlen, e->db_path)) {
