@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +42,8 @@ static int teardown(void **state)
     return 0;
 }
 
+static const char *sync_mode = "NORMAL";
+
 static sqlite3 *open_writer(const char *path)
 {
     const char *vfs = tr_sqlite_walbuf_vfs();
@@ -48,13 +51,12 @@ static sqlite3 *open_writer(const char *path)
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs),
                      SQLITE_OK);
-    char err[256];
-    assert_int_equal(tr_sqlite_exec(db,
-                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                    " CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY,"
-                                    " k TEXT, v TEXT); CREATE INDEX IF NOT EXISTS t_k ON t (k)",
-                                    err, sizeof(err), path),
-                     0);
+    char err[256], sql[256];
+    snprintf(sql, sizeof(sql),
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; CREATE TABLE IF NOT EXISTS t"
+             " (id INTEGER PRIMARY KEY, k TEXT, v TEXT); CREATE INDEX IF NOT EXISTS t_k ON t (k)",
+             sync_mode);
+    assert_int_equal(tr_sqlite_exec(db, sql, err, sizeof(err), path), 0);
     return db;
 }
 
@@ -178,12 +180,95 @@ static void test_sigkill_keeps_acknowledged(void **state)
     }
 }
 
+/* Integrity check and row count of the file, opened afresh on the default VFS. */
+static int64_t check_file(const char *path)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    int64_t rows = count_rows(db);
+    sqlite3_close(db);
+    return rows;
+}
+
+/* A write that fails (the file size limit, as a full disk would) fails its commit, which
+ * leaves nothing behind; the commits before it stay. */
+static void test_failed_write_fails_the_commit(void **state)
+{
+    fixture_t *f = *state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        signal(SIGXFSZ, SIG_IGN);
+        sqlite3 *w = open_writer(f->path);
+        sqlite3_exec(w, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL);
+        struct rlimit rl = {.rlim_cur = 2 << 20, .rlim_max = RLIM_INFINITY};
+        if (setrlimit(RLIMIT_FSIZE, &rl)) _exit(2);
+        sqlite3_stmt *st;
+        sqlite3_prepare_v2(w, "INSERT INTO t (k, v) VALUES (?1, zeroblob(300))", -1, &st, NULL);
+        int64_t acked = 0;
+        for (int rc = SQLITE_OK; rc == SQLITE_OK;) {
+            sqlite3_exec(w, "BEGIN", NULL, NULL, NULL);
+            for (int i = 0; i < 20 && rc == SQLITE_OK; i++) {
+                char k[16];
+                snprintf(k, sizeof(k), "%08x", (unsigned)rand());
+                sqlite3_bind_text(st, 1, k, -1, SQLITE_TRANSIENT);
+                rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+                sqlite3_reset(st);
+            }
+            if (rc == SQLITE_OK) rc = sqlite3_exec(w, "COMMIT", NULL, NULL, NULL);
+            if (rc == SQLITE_OK)
+                acked += 20;
+            else
+                sqlite3_exec(w, "ROLLBACK", NULL, NULL, NULL);
+        }
+        if (write(fds[1], &acked, sizeof(acked)) != (ssize_t)sizeof(acked)) _exit(1);
+        sqlite3_finalize(st);
+        sqlite3_close(w);
+        _exit(0);
+    }
+    close(fds[1]);
+    int64_t acked = -1;
+    assert_int_equal(read(fds[0], &acked, sizeof(acked)), (ssize_t)sizeof(acked));
+    close(fds[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(acked > 0);
+    assert_int_equal(check_file(f->path), acked);
+}
+
+/* The same with synchronous=FULL: SQLite syncs the WAL after each commit frame. */
+static void test_full_one_write_per_commit(void **state)
+{
+    sync_mode = "FULL";
+    test_one_write_per_commit(state);
+    sync_mode = "NORMAL";
+}
+
+static void test_full_sigkill_keeps_acknowledged(void **state)
+{
+    sync_mode = "FULL";
+    test_sigkill_keeps_acknowledged(state);
+    sync_mode = "NORMAL";
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_one_write_per_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_and_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_keeps_acknowledged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_fails_the_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_one_write_per_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_sigkill_keeps_acknowledged, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
