@@ -65,6 +65,21 @@ static int64_t count_rows(sqlite3 *db)
     return tr_sqlite_int(db, "SELECT count(*) FROM t");
 }
 
+/* Integrity check and row count of the file, opened afresh on the default VFS. */
+static int64_t check_file(const char *path)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+    int64_t rows = count_rows(db);
+    sqlite3_close(db);
+    return rows;
+}
+
 /* A transaction of `n` rows with random keys (so it dirties many index pages). */
 static void write_txn(sqlite3 *db, int n)
 {
@@ -123,15 +138,7 @@ static void test_checkpoint_and_restart(void **state)
     }
     assert_int_equal(count_rows(w), 2500);
     sqlite3_close(w);
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
-    sqlite3_finalize(st);
-    assert_int_equal(count_rows(db), 2500);
-    sqlite3_close(db);
+    assert_int_equal(check_file(f->path), 2500);
 }
 
 /* A child commits as fast as it can and reports each commit; SIGKILL at a random moment
@@ -164,35 +171,11 @@ static void test_sigkill_keeps_acknowledged(void **state)
         int status;
         waitpid(pid, &status, 0);
         assert_true(WIFSIGNALED(status));
-        sqlite3 *db;
-        assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-        sqlite3_stmt *st;
-        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL),
-                         SQLITE_OK);
-        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-        assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
-        sqlite3_finalize(st);
-        int64_t rows = count_rows(db);
+        int64_t rows = check_file(f->path);
         assert_true(acked > 0);
         assert_true(rows >= acked);
         assert_true(rows <= acked + 20); /* at most the commit in flight */
-        sqlite3_close(db);
     }
-}
-
-/* Integrity check and row count of the file, opened afresh on the default VFS. */
-static int64_t check_file(const char *path)
-{
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
-    sqlite3_finalize(st);
-    int64_t rows = count_rows(db);
-    sqlite3_close(db);
-    return rows;
 }
 
 /* A write that fails (the file size limit, as a full disk would) fails its commit, which
